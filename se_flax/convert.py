@@ -1,0 +1,246 @@
+"""timm / PyTorch state dicts <-> Flax variables.
+
+Layouts: conv OIHW <-> HWIO; linear (out, in) <-> Dense (in, out); the SE
+FCs are 1x1 convs `(out, in, 1, 1)` in timm and Dense layers here; BN
+weight/bias/running_mean/running_var <-> params scale/bias and batch_stats
+mean/var (`num_batches_tracked` is dropped and re-created as zeros).
+
+timm has two key layouts for the same ResNet shapes: `senet.py`
+(`layer0.*`, `se_module`, `last_linear`; the Caffe networks, `legacy_*`)
+and `resnet.py` (`conv1`, `se`, `fc`). The two compute different functions
+(stride placement, max pooling), so a checkpoint of one layout is refused
+for a model of the other rather than renamed.
+"""
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from se_flax.models import registry
+from se_flax.models.resnet import ResNet
+
+_PARAM_SUFFIX = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
+                 'mean': 'running_mean', 'var': 'running_var'}
+_LEGACY_MARKERS = ('layer0.', '.se_module.', 'last_linear.')
+
+
+def _is_legacy_layout(name: str) -> bool:
+  """Caffe-style ResNets (ceil-mode stem pool) use timm's senet.py keys."""
+  return registry.model_fields(name).get('stem_pool') == 'ceil'
+
+
+def _resnet_module_key(path: tuple[str, ...], legacy: bool) -> str:
+  """Flax module path of a ResNet -> timm module name."""
+  head, rest = path[0], path[1:]
+  if head == 'stem':
+    module = rest[0]
+    if legacy:
+      return f'layer0.{module}'
+    if module == 'conv1' or module == 'bn1':
+      return module  # 7x7 stem; the deep stem has conv2/conv3 as well.
+    raise KeyError(module)
+  if head == 'fc':
+    return 'last_linear' if legacy else 'fc'
+  stage, block = head[len('stage'):].split('_block')
+  names = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1',
+           'se': 'se_module' if legacy else 'se'}
+  return '.'.join([f'layer{stage}', block] +
+                  [names.get(rest[0], rest[0])] + list(rest[1:]))
+
+
+def _resnet_deep_stem_key(path, legacy):
+  # timm resnet.py's deep stem is one Sequential (conv, bn, relu) x 3 whose
+  # last BN is the top-level `bn1`.
+  if not legacy and path[0] == 'stem':
+    return {'conv1': 'conv1.0', 'bn1': 'conv1.1', 'conv2': 'conv1.3',
+            'bn2': 'conv1.4', 'conv3': 'conv1.6', 'bn3': 'bn1'}[path[1]]
+  return _resnet_module_key(path, legacy)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+  collection: str
+  path: tuple[str, ...]
+  flax_shape: tuple[int, ...]
+  kind: str  # 'conv', 'se_fc', 'linear' or 'vector'.
+
+  def to_torch(self, x: np.ndarray) -> np.ndarray:
+    if self.kind == 'conv':
+      return x.transpose(3, 2, 0, 1)
+    if self.kind == 'se_fc':
+      return x.T[:, :, None, None]
+    if self.kind == 'linear':
+      return x.T
+    return x
+
+  def from_torch(self, x: np.ndarray) -> np.ndarray:
+    if self.kind == 'conv':
+      return x.transpose(2, 3, 1, 0)
+    if self.kind == 'se_fc':
+      return x[:, :, 0, 0].T
+    if self.kind == 'linear':
+      return x.T
+    return x
+
+  @property
+  def torch_shape(self):
+    return self.to_torch(np.empty(self.flax_shape, np.int8)).shape
+
+
+def _module_key_fn(model):
+  if isinstance(model, ResNet):
+    return _resnet_deep_stem_key if model.stem == 'deep' else _resnet_module_key
+  raise NotImplementedError(
+      f'No timm key layout for {type(model).__name__}')
+
+
+def timm_layout(name: str, num_classes: int = 1000) -> dict[str, _Leaf]:
+  """timm key -> Flax leaf description for the registered model `name`."""
+  model = registry.create_model(name, num_classes=num_classes)
+  legacy = _is_legacy_layout(name)
+  module_key = _module_key_fn(model)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                         train=False))
+  layout = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(dict(shapes))[0]:
+    collection, *names = [k.key for k in path]
+    names = tuple(names)
+    if len(leaf.shape) == 4:
+      kind = 'conv'
+    elif len(leaf.shape) == 2:
+      kind = 'se_fc' if 'se' in names else 'linear'
+    else:
+      kind = 'vector'
+    key = f'{module_key(names[:-1], legacy)}.{_PARAM_SUFFIX[names[-1]]}'
+    layout[key] = _Leaf(collection, names, tuple(leaf.shape), kind)
+  return layout
+
+
+def _classifier_key(name: str) -> str:
+  return 'last_linear.weight' if _is_legacy_layout(name) else 'fc.weight'
+
+
+def _to_numpy(x) -> np.ndarray:
+  if hasattr(x, 'detach'):  # A torch tensor, without importing torch.
+    x = x.detach().cpu().numpy()
+  return np.asarray(x)
+
+
+def _layout_hint(name: str, keys) -> str:
+  has_legacy = any(m in k or k.startswith(m) for k in keys
+                   for m in _LEGACY_MARKERS)
+  if has_legacy and not _is_legacy_layout(name):
+    return (f'\nThese are timm senet.py (legacy/Caffe) keys, but {name!r} is '
+            'a torchvision-style network (stride on the 3x3, padded max '
+            'pool): the weights would load and compute a different function. '
+            'Use the matching legacy_* model.')
+  if not has_legacy and _is_legacy_layout(name):
+    return (f'\nThese look like timm resnet.py keys, but {name!r} is a '
+            'Caffe-style (legacy) network: use the matching timm-style model '
+            '(e.g. seresnet50 instead of legacy_seresnet50).')
+  return ''
+
+
+def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
+  """Converts a timm state dict of model `name` to Flax variables.
+
+  Args:
+    state_dict: timm key -> array (numpy, or torch tensors).
+    name: the registered se_flax name (= the timm name for timm models).
+
+  Returns:
+    `{'params': ..., 'batch_stats': ...}` as numpy float arrays, for
+    `create_model(name, num_classes=N)` where N is read from the weights.
+
+  Raises:
+    ValueError: listing missing keys, unexpected keys and shape mismatches.
+  """
+  state = {k: v for k, v in state_dict.items()
+           if not k.endswith('num_batches_tracked')}
+  classifier = _classifier_key(name)
+  if classifier not in state:
+    raise ValueError(f'{name}: no classifier weight {classifier!r} in the '
+                     f'state dict.{_layout_hint(name, state)}')
+  num_classes = int(np.shape(state[classifier])[0])
+  layout = timm_layout(name, num_classes)
+  missing = sorted(set(layout) - set(state))
+  unexpected = sorted(set(state) - set(layout))
+  mismatched = [
+      f'{k}: got {tuple(np.shape(state[k]))}, expected {layout[k].torch_shape}'
+      for k in layout if k in state
+      and tuple(np.shape(state[k])) != layout[k].torch_shape]
+  if missing or unexpected or mismatched:
+    parts = [f'Cannot load this state dict into {name!r}:']
+    for title, items in (('missing keys', missing),
+                         ('unexpected keys', unexpected),
+                         ('shape mismatches', mismatched)):
+      if items:
+        shown = ', '.join(items[:20]) + (' ...' if len(items) > 20 else '')
+        parts.append(f'  {len(items)} {title}: {shown}')
+    raise ValueError('\n'.join(parts) + _layout_hint(name, state))
+  variables: dict[str, Any] = {}
+  for key, leaf in layout.items():
+    node = variables.setdefault(leaf.collection, {})
+    for part in leaf.path[:-1]:
+      node = node.setdefault(part, {})
+    node[leaf.path[-1]] = np.ascontiguousarray(
+        leaf.from_torch(_to_numpy(state[key])))
+  return variables
+
+
+def to_timm(variables: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
+  """Converts Flax variables of model `name` back to a timm state dict.
+
+  The result loads into `timm.create_model(name)` with `strict=True`
+  (including zero `num_batches_tracked` buffers).
+  """
+  params = variables['params']
+  num_classes = int(
+      np.shape(params['fc']['kernel'])[-1]) if 'fc' in params else 1000
+  state = {}
+  for key, leaf in timm_layout(name, num_classes).items():
+    node = variables[leaf.collection]
+    for part in leaf.path:
+      node = node[part]
+    value = np.asarray(node)
+    if value.shape != leaf.flax_shape:
+      raise ValueError(f'{name}: {leaf.collection}/{"/".join(leaf.path)} has '
+                       f'shape {value.shape}, expected {leaf.flax_shape}')
+    state[key] = np.ascontiguousarray(leaf.to_torch(value))
+    if key.endswith('.running_var'):
+      state[key[:-len('running_var')] + 'num_batches_tracked'] = np.array(
+          0, np.int64)
+  return state
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a `.safetensors` file (numpy only) or a torch `.pth`/`.pt`/`.bin`."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No checkpoint file at {path!r}')
+  if path.endswith('.safetensors'):
+    from safetensors.numpy import load_file
+    return load_file(path)
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError(f'Reading {path!r} needs torch; convert it to '
+                      '.safetensors or install torch') from e
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  for wrapper in ('state_dict', 'model', 'state_dict_ema'):
+    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+      state = state[wrapper]
+      break
+  return {k.removeprefix('module.'): _to_numpy(v) for k, v in state.items()}
+
+
+def load_timm_checkpoint(path: str, name: str, **overrides):
+  """Reads a timm checkpoint file; returns `(model, variables)`."""
+  variables = from_timm(load_state_dict(path), name)
+  num_classes = variables['params']['fc']['kernel'].shape[-1]
+  return registry.create_model(name, num_classes=num_classes,
+                               **overrides), variables

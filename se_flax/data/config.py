@@ -1,0 +1,74 @@
+"""Default input-pipeline settings: `config.data = default_data_config()`.
+
+TF-free (only `ml_collections`), so configs can import it cheaply. Every
+number the input pipeline varies lives here; `pipeline.py` reads nothing else.
+"""
+
+import ml_collections
+
+# ImageNet statistics on the [0, 1] scale, RGB order (torchvision / timm).
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """Returns the input-pipeline defaults (the SENet paper's ImageNet recipe).
+
+  Fields:
+    name: TFDS dataset name, e.g. 'imagenet2012'.
+    data_dir: TFDS data directory, local or gs://; None means TFDS's default
+      (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    manual_dir: where the ImageNet archives live (preparation only, and named
+      in the error when the prepared data is missing). None means
+      `<data_dir>/downloads/manual`, TFDS's default.
+    train_split / eval_split: TFDS split strings; slicing such as
+      'train[:99%]' is allowed.
+    image_key / label_key: feature names in the TFDS dataset.
+    image_size: side of the square training crop, pixels.
+    eval_image_size: side of the square eval crop; None means `image_size`.
+    crop_pct: eval centre-crop fraction of the shorter side: equivalent to
+      resizing the shorter side to eval_image_size / crop_pct (256 for 224 at
+      0.875) and centre-cropping eval_image_size.
+    interpolation: 'bilinear' or 'bicubic' (any `tf.image.resize` method).
+    antialias: antialias when downsampling (PIL-like; slower).
+    min_area: smallest fraction of the image area a training crop covers.
+    aspect_ratio: (min, max) width / height of training crops.
+    max_attempts: crop-sampling attempts before the whole image is used.
+    random_rotation: max rotation in degrees for training (0 = off; the
+      official SENet repository uses 10).
+    pixel_jitter: max per-channel colour shift in 0..255 pixel units for
+      training (0 = off; the official SENet repository uses 20).
+    shuffle_buffer: examples in the training shuffle buffer (per process;
+      each holds a JPEG of ~110 kB on ImageNet).
+    file_cycle_length: files read concurrently (interleaved) for training.
+    num_parallel_calls: preprocessing parallelism; -1 = tf.data AUTOTUNE.
+    threads: size of the private tf.data thread pool; 0 = TF's default.
+    prefetch: batches prefetched on the host; -1 = AUTOTUNE.
+    cache: keep the raw records (JPEG bytes, not pixels) in host memory
+      after the first pass; only for small datasets.
+  """
+  c = ml_collections.ConfigDict()
+  c.name = 'imagenet2012'
+  c.data_dir = ml_collections.config_dict.placeholder(str)
+  c.manual_dir = ml_collections.config_dict.placeholder(str)
+  c.train_split = 'train'
+  c.eval_split = 'validation'
+  c.image_key = 'image'
+  c.label_key = 'label'
+  c.image_size = 224
+  c.eval_image_size = ml_collections.config_dict.placeholder(int)
+  c.crop_pct = 0.875
+  c.interpolation = 'bilinear'
+  c.antialias = False
+  c.min_area = 0.08
+  c.aspect_ratio = (3 / 4, 4 / 3)
+  c.max_attempts = 10
+  c.random_rotation = 0.0
+  c.pixel_jitter = 0.0
+  c.shuffle_buffer = 16_384
+  c.file_cycle_length = 16
+  c.num_parallel_calls = -1
+  c.threads = 0
+  c.prefetch = 4
+  c.cache = False
+  return c

@@ -1,0 +1,204 @@
+"""Building blocks shared by every se_flax network (all NHWC).
+
+`SqueezeExcite` is the paper's SE unit. The other layers exist because Flax's
+defaults differ from the reference networks: Flax's 'SAME' padding is
+asymmetric for stride 2 on even inputs, Caffe max pooling rounds the output
+size up, and PyTorch BatchNorm momentum 0.1 is Flax momentum 0.9.
+"""
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Dtype = Any
+ModuleDef = Any
+
+# He (MSRA) initialisation, as in the paper, torchvision and timm.
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# BatchNorm defaults of the reference networks. Flax's momentum is the weight
+# of the old running value, so PyTorch's momentum 0.1 is 0.9 here.
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def make_divisible(value: float, divisor: int = 8,
+                   min_value: Optional[int] = None) -> int:
+  """timm's channel rounding with `round_limit=0` (used by its SEModule)."""
+  min_value = min_value or divisor
+  return max(min_value, int(value + divisor / 2) // divisor * divisor)
+
+
+class Conv2d(nn.Module):
+  """2-D convolution with PyTorch/Caffe's symmetric padding `k // 2`.
+
+  Kernel layout HWIO `(k, k, C_in / groups, features)`, input/output NHWC.
+  Ungrouped 1x1 convolutions run as a matrix product: the same function,
+  but XLA's CPU backend runs it several times faster than `conv_general`.
+  """
+  features: int
+  kernel_size: int
+  strides: int = 1
+  groups: int = 1
+  padding: Optional[int] = None  # None: k // 2 on every side.
+  use_bias: bool = False
+  kernel_init: Callable = he_normal
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_features = x.shape[-1]
+    if in_features % self.groups or self.features % self.groups:
+      raise ValueError(
+          f'{self.name}: channels in={in_features}, out={self.features} must '
+          f'be divisible by groups={self.groups}')
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init,
+                        (k, k, in_features // self.groups, self.features),
+                        self.param_dtype)
+    bias = (self.param('bias', nn.initializers.zeros, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    pad = k // 2 if self.padding is None else self.padding
+    if k == 1 and self.groups == 1 and pad == 0:
+      if self.strides > 1:
+        x = x[:, ::self.strides, ::self.strides, :]
+      y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    else:
+      y = lax.conv_general_dilated(
+          x, kernel, window_strides=(self.strides, self.strides),
+          padding=((pad, pad), (pad, pad)),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          feature_group_count=self.groups)
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """Caffe / `ceil_mode=True` max pooling without padding (NHWC).
+
+  The output size is `ceil((H - window) / stride) + 1`; the missing border
+  is padded with -inf at the bottom/right only, as Caffe does.
+  """
+  pads = []
+  for size in x.shape[1:3]:
+    out = -(-(size - window) // stride) + 1
+    pads.append((0, max(0, (out - 1) * stride + window - size)))
+  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+
+
+def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
+                    padding: int = 1) -> jax.Array:
+  """torchvision-style max pooling with symmetric -inf padding (NHWC)."""
+  pad = ((padding, padding), (padding, padding))
+  return nn.max_pool(x, (window, window), (stride, stride), padding=pad)
+
+
+def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
+  """Mean over H and W of an NHWC tensor, accumulated in float32."""
+  return jnp.mean(x, axis=(1, 2), keepdims=keepdims,
+                  dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(
+                      x.dtype)
+
+
+_GATES = {
+    'sigmoid': nn.sigmoid,
+    'relu': nn.relu,
+    'tanh': jnp.tanh,
+}
+
+
+class SqueezeExcite(nn.Module):
+  """Squeeze-and-Excitation unit (Hu et al., Eq. 2-4), NHWC in and out.
+
+  `y = x * gate(fc2(act(fc1(squeeze(x)))))` with one gate value per sample
+  and channel. The gate is also sown as `intermediates/gate` `(N, C)` (or
+  `(N, H, W, C)` without squeeze) for the paper's §7.2 analysis.
+
+  Attributes:
+    reduction: ratio r; the hidden width is derived from C / r.
+    hidden_rule: 'floor' = `C // r` (paper, Caffe, timm `legacy_*`);
+      'divisible' = timm's `make_divisible(C / r, divisor)` (`resnet.py`).
+    divisor: rounding divisor for 'divisible' (also its minimum width).
+    hidden_features: explicit hidden width; overrides the two rules above.
+    squeeze: 'avg' (paper), 'max' (Table 11) or 'none' (the NoSqueeze
+      ablation of Table 16: the FCs act per position, as 1x1 convolutions).
+    gate: 'sigmoid' (paper), 'relu' or 'tanh' (Table 12).
+    activation: inner non-linearity between the two FC layers.
+    use_bias: biases of both FC layers (released models: on; ablations: off).
+  """
+  reduction: int = 16
+  hidden_rule: str = 'floor'
+  divisor: int = 8
+  hidden_features: Optional[int] = None
+  squeeze: str = 'avg'
+  gate: str = 'sigmoid'
+  activation: Callable = nn.relu
+  use_bias: bool = True
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+
+  def hidden_width(self, channels: int) -> int:
+    """The width of the bottleneck between fc1 and fc2 for C channels."""
+    if self.hidden_features is not None:
+      return self.hidden_features
+    if self.hidden_rule == 'floor':
+      return max(1, channels // self.reduction)
+    if self.hidden_rule == 'divisible':
+      return make_divisible(channels / self.reduction, self.divisor)
+    raise ValueError(f"hidden_rule must be 'floor' or 'divisible', got "
+                     f'{self.hidden_rule!r}')
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f'SqueezeExcite expects NHWC input, got shape {x.shape}')
+    if self.gate not in _GATES:
+      raise ValueError(f'gate must be one of {sorted(_GATES)}, got '
+                       f'{self.gate!r}')
+    channels = x.shape[-1]
+    if self.squeeze == 'avg':
+      z = global_avg_pool(x)
+    elif self.squeeze == 'max':
+      z = jnp.max(x, axis=(1, 2))
+    elif self.squeeze == 'none':
+      z = x
+    else:
+      raise ValueError(f"squeeze must be 'avg', 'max' or 'none', got "
+                       f'{self.squeeze!r}')
+    dense = lambda features, name: nn.Dense(
+        features, use_bias=self.use_bias, kernel_init=he_normal,
+        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+    s = self.activation(dense(self.hidden_width(channels), 'fc1')(z))
+    s = _GATES[self.gate](dense(channels, 'fc2')(s))
+    self.sow('intermediates', 'gate', s)
+    if s.ndim == 2:
+      s = s[:, None, None, :]
+    return x * s.astype(x.dtype)
+
+
+def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
+               epsilon: float = BN_EPSILON, dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32) -> ModuleDef:
+  """A BatchNorm factory with the reference networks' settings.
+
+  Under `jax.jit` over a sharded batch the statistics are those of the
+  global batch, so no `axis_name` is needed.
+  """
+  return lambda name, scale_init=nn.initializers.ones: nn.BatchNorm(
+      use_running_average=not train, momentum=momentum, epsilon=epsilon,
+      dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+
+
+def check_nhwc(x: jax.Array, where: str, channels: Sequence[int] = (3,)):
+  """Raises a clear error unless `x` is an NHWC image batch."""
+  if x.ndim != 4 or x.shape[-1] not in channels:
+    raise ValueError(
+        f'{where} expects NHWC images of shape (N, H, W, {channels[0]}), got '
+        f'{tuple(x.shape)}; transpose NCHW input with x.transpose(0, 2, 3, 1)')

@@ -1,0 +1,5 @@
+"""The model zoo: `create_model(name)` for every registered network."""
+
+from se_flax.models.registry import create_model, list_models, model_fields
+from se_flax.models.resnet import ResNet
+from se_flax.models.stats import ModelStats, model_stats

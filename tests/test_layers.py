@@ -1,0 +1,126 @@
+"""SqueezeExcite and the padding/pooling helpers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from se_flax import layers
+from se_flax.layers import SqueezeExcite
+
+
+def _init_apply(module, x):
+  variables = module.init(jax.random.key(0), x)
+  return variables, module.apply(variables, x, mutable=['intermediates'])
+
+
+def _gate(state):
+  return state['intermediates']['gate'][0]
+
+
+@pytest.mark.parametrize('channels,rule,expected', [
+    (64, 'floor', 4), (64, 'divisible', 8), (256, 'floor', 16),
+    (256, 'divisible', 16), (320, 'floor', 20), (320, 'divisible', 24),
+    (1056, 'floor', 66), (1056, 'divisible', 64)])
+def test_hidden_width_rules(channels, rule, expected):
+  # senet_spec.md §1.0 and §4: C // 16 vs timm's make_divisible(C / 16, 8).
+  assert SqueezeExcite(hidden_rule=rule).hidden_width(channels) == expected
+
+
+def test_shapes_param_count_and_gate_range():
+  c, r = 64, 16
+  x = jax.random.normal(jax.random.key(1), (2, 5, 7, c))
+  variables, (y, state) = _init_apply(SqueezeExcite(reduction=r), x)
+  assert y.shape == x.shape
+  n = sum(p.size for p in jax.tree_util.tree_leaves(variables['params']))
+  assert n == 2 * c * c // r + c // r + c  # Two FCs with biases.
+  gate = _gate(state)
+  assert gate.shape == (2, c)
+  assert bool(jnp.all((gate > 0) & (gate < 1)))
+  np.testing.assert_allclose(y, x * gate[:, None, None, :], rtol=1e-6)
+
+
+def test_matches_the_paper_formula():
+  x = jax.random.normal(jax.random.key(2), (3, 4, 4, 32))
+  module = SqueezeExcite(reduction=4)
+  variables = module.init(jax.random.key(0), x)
+  p = variables['params']
+  z = x.mean((1, 2))
+  h = jax.nn.relu(z @ p['fc1']['kernel'] + p['fc1']['bias'])
+  s = jax.nn.sigmoid(h @ p['fc2']['kernel'] + p['fc2']['bias'])
+  np.testing.assert_allclose(module.apply(variables, x),
+                             x * s[:, None, None, :], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('squeeze', ['avg', 'max'])
+def test_squeeze_is_spatially_global(squeeze):
+  # The gate sees only pooled statistics: permuting positions permutes y.
+  x = jax.random.normal(jax.random.key(3), (2, 6, 6, 32))
+  module = SqueezeExcite(squeeze=squeeze)
+  variables = module.init(jax.random.key(0), x)
+  perm = jax.random.permutation(jax.random.key(4), 36)
+  shuffle = lambda t: t.reshape(2, 36, 32)[:, perm].reshape(2, 6, 6, 32)
+  np.testing.assert_allclose(module.apply(variables, shuffle(x)),
+                             shuffle(module.apply(variables, x)), rtol=1e-6)
+
+
+def test_gates_and_bias_switch():
+  x = jax.random.normal(jax.random.key(5), (2, 3, 3, 32))
+  for gate, lo, hi in (('relu', 0.0, np.inf), ('tanh', -1.0, 1.0)):
+    _, (_, state) = _init_apply(SqueezeExcite(gate=gate), x)
+    g = _gate(state)
+    assert bool(jnp.all((g >= lo) & (g <= hi)))
+  variables, _ = _init_apply(SqueezeExcite(use_bias=False), x)
+  assert set(variables['params']['fc1']) == {'kernel'}
+
+
+def test_no_squeeze_keeps_spatial_gate():
+  x = jax.random.normal(jax.random.key(6), (2, 4, 4, 32))
+  _, (y, state) = _init_apply(SqueezeExcite(squeeze='none'), x)
+  assert _gate(state).shape == x.shape and y.shape == x.shape
+
+
+def test_bf16_compute_fp32_params():
+  x = jnp.ones((1, 2, 2, 32), jnp.bfloat16)
+  module = SqueezeExcite(dtype=jnp.bfloat16)
+  variables = module.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32
+             for p in jax.tree_util.tree_leaves(variables))
+  assert module.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_bad_input_and_fields_are_named():
+  with pytest.raises(ValueError, match='NHWC'):
+    SqueezeExcite().init(jax.random.key(0), jnp.ones((2, 32)))
+  with pytest.raises(ValueError, match='gate'):
+    SqueezeExcite(gate='softmax').init(jax.random.key(0), jnp.ones((1, 1, 1, 32)))
+  with pytest.raises(ValueError, match='squeeze'):
+    SqueezeExcite(squeeze='median').init(jax.random.key(0),
+                                         jnp.ones((1, 1, 1, 32)))
+
+
+@pytest.mark.parametrize('size,expected', [(112, 56), (113, 56), (33, 16),
+                                           (8, 4), (7, 3)])
+def test_ceil_mode_max_pool(size, expected):
+  x = jnp.arange(size * size, dtype=jnp.float32).reshape(1, size, size, 1)
+  y = layers.max_pool_ceil(x)
+  assert y.shape[1:3] == (expected, expected)
+  # Windows start at 0, 2, 4, ...: the first output is the max of x[:3, :3].
+  assert y[0, 0, 0, 0] == x[0, 2, 2, 0]
+  # The last window is clipped at the border (Caffe), not shifted.
+  assert y[0, -1, -1, 0] == x[0, -1, -1, 0]
+
+
+@pytest.mark.parametrize('kernel,strides,groups', [
+    (1, 1, 1), (1, 2, 1), (3, 2, 1), (3, 1, 4), (7, 2, 1)])
+def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
+  x = jax.random.normal(jax.random.key(7), (2, 10, 11, 8))
+  conv = layers.Conv2d(16, kernel, strides, groups=groups)
+  variables = conv.init(jax.random.key(0), x)
+  pad = kernel // 2
+  expected = jax.lax.conv_general_dilated(
+      x, variables['params']['kernel'], (strides, strides),
+      ((pad, pad), (pad, pad)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=groups)
+  np.testing.assert_allclose(conv.apply(variables, x), expected,
+                             rtol=1e-5, atol=1e-5)
