@@ -9,3 +9,13 @@ from se_flax.layers import SqueezeExcite
 from se_flax.models import create_model, list_models, model_stats
 
 __version__ = '0.1.0'
+
+
+def load_variables(workdir: str, step=None, *, ema: bool = False,
+                   best: bool = False) -> dict:
+  """`{'params', 'batch_stats'}` of a training workdir's checkpoint.
+
+  Latest step by default; see `se_flax.train.checkpoint.load_variables`.
+  """
+  from se_flax.train.checkpoint import load_variables as load
+  return load(workdir, step, ema=ema, best=best)

@@ -1,10 +1,19 @@
-"""Test setup: 8 host CPU devices for the sharding tests.
+"""Test-session settings, made before JAX starts (it reads them once).
 
-XLA reads the flag when the backend starts, so it is set before any test
-module touches a device.
+- 8 host CPU devices, so the sharded paths run on a laptop or CI box.
+- Fewer XLA optimisation passes and a per-session compilation cache: the
+  suite compiles many small programs, several of them more than once
+  (every `train_and_evaluate` call jits its steps anew), and compiling
+  dominates its run time on 2 cores. Subprocesses inherit both.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='se_flax_test_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')

@@ -153,6 +153,11 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    # Fail at construction (before any tracing) on a misnamed option.
+    self._check_fields()
+    super().__post_init__()
+
   def _check_fields(self):
     if self.stem not in ('7x7', 'deep'):
       raise ValueError(f"stem must be '7x7' or 'deep', got {self.stem!r}")
@@ -172,7 +177,6 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
-    self._check_fields()
     layers.check_nhwc(x, type(self).__name__)
     conv = functools.partial(layers.Conv2d, dtype=self.dtype,
                              param_dtype=self.param_dtype)

@@ -1,0 +1,84 @@
+"""Every field a training run can vary, with its default.
+
+Configs in `configs/` start from `base_config()` and change what their
+recipe needs; `train.py` locks the result, so a misspelt override fails.
+Durations are in epochs (converted to steps in code, from the dataset size
+and the global batch), so `--config.batch_size=...` keeps them right.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from se_flax.data.config import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's SE-ResNet-50 ImageNet recipe (§5.1), field by field."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Model: a registry name plus overrides; unset placeholders keep the
+  # registered network's value.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'se_resnet50'
+  c.model.se = True  # False: the same network without SE (the baseline).
+  c.model.se_reduction = placeholder(int)
+  c.model.se_squeeze = placeholder(str)  # 'avg' | 'max' | 'none'
+  c.model.se_gate = placeholder(str)  # 'sigmoid' | 'relu' | 'tanh'
+  c.model.se_use_bias = placeholder(bool)
+  c.model.se_position = placeholder(str)  # standard|pre|post|identity|3x3
+  c.model.se_stages = placeholder(tuple)  # e.g. (4,): SE in stage 4 only.
+  c.model.drop_rate = placeholder(float)
+  c.model.zero_init_last_bn = placeholder(bool)
+  c.model.bn_momentum = 0.9  # Flax convention: PyTorch's 0.1.
+  # 0: BN statistics over the global batch; k > 1: over k equal groups
+  # (k = device count reproduces pmap-era per-device BN).
+  c.model.bn_groups = 0
+  c.model.dtype = 'float32'  # Compute dtype; 'bfloat16' on GPU/TPU.
+
+  c.data = default_data_config()
+  c.data.source = 'tfds'  # 'tfds' | 'synthetic' | 'tiny_imagenet'
+  # 'synthetic': random pixels, no TensorFlow.
+  c.data.synthetic_num_classes = 1000
+  c.data.synthetic_train_examples = 1_281_167
+  c.data.synthetic_eval_examples = 50_000
+  # 'tiny_imagenet': ImageNet-format archives made on the spot (or reused)
+  # under `root`, prepared by TFDS's own imagenet2012 builder.
+  c.data.tiny = ml_collections.ConfigDict(dict(
+      root='/tmp/se_flax_tiny_imagenet', num_classes=10, train_per_class=60,
+      val_per_class=17, image_size=96))
+
+  c.batch_size = 1024  # Global, over all devices and processes.
+  c.eval_batch_size = placeholder(int)  # None: batch_size.
+  c.num_epochs = 100.0
+  c.num_train_steps = -1  # > 0 overrides num_epochs (smoke runs, tests).
+
+  c.optimizer = 'sgd'
+  c.learning_rate = 0.15  # Per 256 images: 0.6 at the paper's 1024.
+  c.momentum = 0.9
+  c.nesterov = False
+  # Not stated in the paper; 1e-4 is the Caffe ResNet/SENet solver value.
+  c.weight_decay = 1e-4
+  c.weight_decay_se = True  # Decay the SE FC kernels too.
+  c.lr_schedule = 'step'  # 'step' | 'cosine'
+  c.lr_decay_epochs = (30, 60, 90)
+  c.lr_decay_factor = 0.1
+  c.warmup_epochs = 0.0
+  c.label_smoothing = 0.0
+  c.ema_decay = 0.0  # > 0 keeps (and evaluates) an EMA of the weights.
+  c.nonfinite = 'skip'  # 'skip' the step (counted) | 'stop' the run.
+
+  c.log_every_steps = 100
+  c.eval_every_epochs = 1.0
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.prefetch_batches = 2
+
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator_address = placeholder(str)
+  c.distributed.num_processes = -1
+  c.distributed.process_id = -1
+  c.distributed.cpu_collectives = placeholder(str)  # 'gloo' for CPU tests.
+  return c

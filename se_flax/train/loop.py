@@ -1,0 +1,310 @@
+"""`train_and_evaluate`: the training loop, readable top to bottom.
+
+Setup (config check, mesh, data, model, state, checkpoint restore) is split
+into small functions; the loop itself only steps, logs, evaluates, saves.
+"""
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from se_flax.models import registry
+from se_flax.train import checkpoint, optim, sharding, steps, writers
+from se_flax.train.inputs import Inputs, create_inputs
+from se_flax.train.state import TrainState
+
+_SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
+              'se_gate': 'gate', 'se_use_bias': 'use_bias'}
+_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn')
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train_and_evaluate` returns, for notebooks and tests."""
+  state: TrainState
+  train_metrics: dict  # The last logged window.
+  eval_metrics: dict  # The last evaluation ({} if none ran).
+  preempted: bool
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The registry model with the config's overrides (validated there)."""
+  m = config.model
+  overrides = {k: m[k] for k in _MODEL_FIELDS if m[k] is not None}
+  se_fields = {v: m[k] for k, v in _SE_FIELDS.items() if m[k] is not None}
+  if not m.se:
+    if se_fields:
+      raise ValueError(f'config.model.se is False but SE fields are set: '
+                       f'{sorted(se_fields)}')
+    overrides['se'] = None
+  elif se_fields:
+    overrides['se'] = se_fields
+  return registry.create_model(
+      m.name, num_classes=num_classes, bn_momentum=m.bn_momentum,
+      dtype=jnp.dtype(m.dtype), **overrides)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before any compilation, naming the offending field."""
+  def check(ok, field, message):
+    if not ok:
+      raise ValueError(f'config.{field}: {message}')
+  devices = jax.device_count()
+  eval_batch = config.eval_batch_size or config.batch_size
+  check(config.batch_size > 0 and config.batch_size % devices == 0,
+        'batch_size', f'{config.batch_size} must be a positive multiple of '
+        f'the {devices} devices')
+  check(eval_batch % devices == 0, 'eval_batch_size',
+        f'{eval_batch} must be a multiple of the {devices} devices')
+  check(config.model.name in registry.list_models(), 'model.name',
+        f'unknown model {config.model.name!r}; see se_flax.list_models()')
+  groups = config.model.bn_groups
+  check(groups <= 1 or config.batch_size % groups == 0, 'model.bn_groups',
+        f'{groups} groups do not divide batch_size {config.batch_size}')
+  check(config.model.dtype in ('float32', 'bfloat16', 'float16'),
+        'model.dtype', f'{config.model.dtype!r} is not a float dtype')
+  check(config.lr_schedule in ('step', 'cosine'), 'lr_schedule',
+        f"{config.lr_schedule!r} is not 'step' or 'cosine'")
+  check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
+        f"{config.nonfinite!r} is not 'skip' or 'stop'")
+  check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
+  check(0.0 <= config.label_smoothing < 1.0, 'label_smoothing',
+        'must be in [0, 1)')
+  check(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs',
+        'set num_epochs or num_train_steps')
+  # Building the module checks the model fields, still without compiling.
+  build_model(config, num_classes=2)
+
+
+def _write_config(config, workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + '.tmp', path)
+
+
+def create_state(config, model, tx, image_size: int, mesh) -> TrainState:
+  """Initialises the replicated state directly on the devices."""
+  def init(rng):
+    params_rng, state_rng = jax.random.split(rng)
+    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    variables = model.init(params_rng, x, train=False)
+    return TrainState.create(variables, tx, state_rng,
+                             use_ema=config.ema_decay > 0)
+  init = jax.jit(init, out_shardings=sharding.replicated(mesh))
+  return init(jax.random.PRNGKey(config.seed))
+
+
+def _steps_per_epoch(config, inputs: Inputs) -> int:
+  return max(1, inputs.num_train_examples // config.batch_size)
+
+
+def _num_train_steps(config, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def _meta(config, step: int) -> dict:
+  # The data position is a function of (seed, step, global batch).
+  return {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
+          'examples_seen': step * config.batch_size,
+          'model': config.model.name}
+
+
+def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
+             ema: bool) -> dict:
+  """Loss, top-1 and top-5 over every example of the eval split once."""
+  sums = None
+  for batch in sharding.prefetch_to_mesh(inputs.eval(), batch_sharding):
+    out = eval_fn(state.variables(ema), batch)
+    sums = out if sums is None else jax.tree_util.tree_map(
+        jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = int(sums['count'])
+  if count != inputs.num_eval_examples:
+    logging.warning('Evaluated %d examples of %d (undecodable ones are '
+                    'skipped)', count, inputs.num_eval_examples)
+  return {'loss': float(sums['loss_sum']) / max(count, 1),
+          'top1': float(sums['top1_count']) / max(count, 1),
+          'top5': float(sums['top5_count']) / max(count, 1),
+          'num_examples': count}
+
+
+def _summarise(window: list, timed_steps: int, seconds: float,
+               data_seconds: float, batch_size: int) -> dict:
+  """Means over a window of per-step metrics, plus throughput.
+
+  Throughput covers the `timed_steps` after compilation only.
+  """
+  fetched = jax.device_get(window)
+  summary = {k: float(np.mean([m[k] for m in fetched]))
+             for k in fetched[0] if k != 'finite'}
+  summary['nonfinite_steps'] = int(sum(not m['finite'] for m in fetched))
+  if timed_steps:
+    images_per_sec = timed_steps * batch_size / seconds
+    summary['images_per_sec'] = images_per_sec
+    summary['images_per_sec_per_device'] = (
+        images_per_sec / jax.device_count())
+    summary['step_time_ms'] = 1e3 * seconds / timed_steps
+    summary['data_wait_fraction'] = data_seconds / seconds
+  return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainResult:
+  """Trains and evaluates; resumes from the latest checkpoint in `workdir`.
+
+  Args:
+    config: a `base_config()`-shaped ConfigDict (see configs/).
+    workdir: checkpoints, TensorBoard summaries and config.json go here.
+
+  Returns:
+    A `TrainResult` with the final state and the last metrics.
+  """
+  sharding.initialize_distributed(config)
+  validate_config(config)
+  _write_config(config, workdir)
+  mesh = sharding.create_mesh()
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  inputs = create_inputs(config)
+  steps_per_epoch = _steps_per_epoch(config, inputs)
+  num_steps = _num_train_steps(config, steps_per_epoch)
+  eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
+  model = build_model(config, inputs.num_classes)
+  schedule = optim.create_schedule(config, steps_per_epoch)
+  tx = optim.create_optimizer(config, schedule)
+
+  ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                async_save=config.async_checkpoints)
+  state = create_state(config, model, tx, inputs.image_size, mesh)
+  if ckpt.latest_step() is not None:
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        state)
+    state, meta = ckpt.restore(abstract)
+    logging.info('Resumed from step %d (%s)', int(state.step), meta)
+  start_step = int(state.step)
+
+  dtype = jnp.dtype(config.model.dtype)
+  train_fn = jax.jit(
+      functools.partial(
+          steps.train_step, model=model, tx=tx, schedule=schedule,
+          label_smoothing=config.label_smoothing,
+          ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
+          dtype=dtype),
+      in_shardings=(replicated, batch_sharding),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(
+      functools.partial(steps.eval_step, model=model, dtype=dtype),
+      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+  writer = writers.create_writer(workdir, jax.process_index() == 0)
+  if start_step == 0:
+    writer.write_hparams(_flat_hparams(config))
+  logging.info('%d steps (%d per epoch), global batch %d on %d devices',
+               num_steps, steps_per_epoch, config.batch_size,
+               jax.device_count())
+  progress = writers.Progress(num_steps, writer)
+  batches = sharding.prefetch_to_mesh(inputs.train(start_step),
+                                      batch_sharding,
+                                      config.prefetch_batches)
+  train_summary, eval_summary, preempted = {}, {}, False
+  window, timed_steps, data_seconds = [], 0, 0.0
+  window_start = time.perf_counter()
+
+  with checkpoint.PreemptionWatcher() as preemption:
+    for step in range(start_step, num_steps):
+      t = time.perf_counter()
+      batch = next(batches)
+      data_seconds += time.perf_counter() - t
+      state, metrics = train_fn(state, batch)
+      window.append(metrics)
+      if step == start_step:
+        jax.block_until_ready(state)
+        writer.write_scalars(step + 1, {
+            'compile_seconds': time.perf_counter() - window_start})
+        timed_steps, data_seconds = 0, 0.0
+        window_start = time.perf_counter()
+      else:
+        timed_steps += 1
+      # The ETA starts after compilation, so it is not skewed by it.
+      progress(step + 1)
+      done = step + 1
+      if done % config.log_every_steps == 0 or done == num_steps:
+        train_summary = _summarise(window, timed_steps,
+                                   time.perf_counter() - window_start,
+                                   data_seconds, config.batch_size)
+        train_summary['skipped_steps'] = int(state.skipped_steps)
+        writer.write_scalars(done, {f'train/{k}': v
+                                    for k, v in train_summary.items()})
+        if train_summary['nonfinite_steps'] and config.nonfinite == 'stop':
+          ckpt.wait()
+          raise FloatingPointError(
+              f'Non-finite loss or gradients before step {done}; the state '
+              'kept the last finite values and was not saved. Lower the '
+              "learning rate, or set config.nonfinite='skip'.")
+        window, timed_steps, data_seconds = [], 0, 0.0
+        window_start = time.perf_counter()
+      if done % eval_every == 0 or done == num_steps:
+        eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
+                                     config)
+        writer.write_scalars(done, eval_summary)
+        ckpt.save_best(done, state, _meta(config, done),
+                       {'top1': eval_summary['eval/top1']})
+      preempted = _agree(preemption.requested)
+      if (done % config.checkpoint_every_steps == 0 or done == num_steps
+          or preempted):
+        ckpt.save(done, state, _meta(config, done))
+      if preempted:
+        logging.warning('SIGTERM: saved step %d, exiting', done)
+        break
+  ckpt.wait()
+  ckpt.close()
+  writer.flush()
+  writer.close()
+  return TrainResult(state, train_summary, eval_summary, preempted)
+
+
+def _evaluate_all(eval_fn, state, inputs, batch_sharding, config) -> dict:
+  summary = {f'eval/{k}': v for k, v in evaluate(
+      eval_fn, state, inputs, batch_sharding, ema=False).items()}
+  if config.ema_decay > 0:
+    summary.update({f'eval_ema/{k}': v for k, v in evaluate(
+        eval_fn, state, inputs, batch_sharding, ema=True).items()})
+  logging.info('eval: %s', summary)
+  return summary
+
+
+def _agree(flag: bool) -> bool:
+  """True on every process if any process got the signal."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
+def _flat_hparams(config) -> dict[str, Any]:
+  flat = {}
+  def walk(prefix, node):
+    for k, v in node.items():
+      if isinstance(v, ml_collections.ConfigDict):
+        walk(f'{prefix}{k}.', v)
+      elif isinstance(v, (int, float, str, bool)):
+        flat[prefix + k] = v
+  walk('', config)
+  return flat

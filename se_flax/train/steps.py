@@ -1,0 +1,119 @@
+"""Pure, jit-able train and eval steps (no Python state, no host I/O).
+
+Batches are dicts of global arrays sharded on the mesh's 'data' axis:
+`image` uint8 (N, H, W, 3) NHWC, `label` int32 (N,), and for eval `mask`
+bool (N,) marking real (not padding) examples. Images are normalised on
+the device, so the host ships a quarter of the bytes of float32.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from se_flax.data.normalize import normalize_images
+from se_flax.train.state import TrainState
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross entropy (N,) with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _forward_train(model: nn.Module, variables, images, rng, bn_groups: int):
+  """Train-mode forward; returns (logits, new batch_stats).
+
+  With `bn_groups` > 1 the batch is split into that many groups, each
+  normalised with its own statistics (what per-device BN under pmap did);
+  the running statistics are then averaged over the groups.
+  """
+  def apply(x, key):
+    return model.apply(variables, x, train=True, mutable=['batch_stats'],
+                       rngs={'dropout': key})
+  if bn_groups <= 1:
+    logits, updates = apply(images, rng)
+    return logits, updates['batch_stats']
+  grouped = images.reshape((bn_groups, -1) + images.shape[1:])
+  keys = jax.random.split(rng, bn_groups)
+  logits, updates = jax.vmap(apply)(grouped, keys)
+  batch_stats = jax.tree_util.tree_map(lambda s: s.mean(0),
+                                       updates['batch_stats'])
+  return logits.reshape((-1,) + logits.shape[2:]), batch_stats
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def train_step(state: TrainState, batch: dict, *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable,
+               label_smoothing: float = 0.0, ema_decay: float = 0.0,
+               bn_groups: int = 0, dtype: Any = jnp.float32):
+  """One SGD step. Returns (new state, metrics of this step).
+
+  A step whose loss or gradients are not finite leaves the parameters,
+  optimizer state and statistics unchanged and counts itself in
+  `skipped_steps`; the data position (`step`) still advances.
+  """
+  images = normalize_images(batch['image'], dtype)
+  labels = batch['label']
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    logits, batch_stats = _forward_train(model, variables, images, rng,
+                                         bn_groups)
+    loss = cross_entropy(logits, labels, label_smoothing).mean()
+    return loss, (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new = state.replace(params=params, batch_stats=batch_stats,
+                      opt_state=opt_state)
+  if state.ema_params is not None:
+    ema = lambda old, cur: ema_decay * old + (1.0 - ema_decay) * cur
+    new = new.replace(
+        ema_params=jax.tree_util.tree_map(ema, state.ema_params, params),
+        ema_batch_stats=jax.tree_util.tree_map(ema, state.ema_batch_stats,
+                                               batch_stats))
+  finite = jnp.isfinite(loss) & _all_finite(grads)
+  new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new,
+                               state)
+  new = new.replace(step=state.step + 1,
+                    skipped_steps=state.skipped_steps + (~finite))
+  metrics = {
+      'loss': loss,
+      'top1': jnp.mean(jnp.argmax(logits, -1) == labels),
+      'learning_rate': schedule(state.step),
+      'l2_grads': optax.tree.norm(grads),
+      'l2_params': optax.tree.norm(params),
+      'finite': finite,
+  }
+  return new, metrics
+
+
+def eval_step(variables, batch: dict, *, model: nn.Module,
+              dtype: Any = jnp.float32) -> dict:
+  """Sums over the real examples of one padded batch (mask=False: padding)."""
+  images = normalize_images(batch['image'], dtype)
+  labels, mask = batch['label'], batch['mask']
+  logits = model.apply(variables, images, train=False)
+  loss = cross_entropy(logits, labels)
+  top5 = jax.lax.top_k(logits, 5)[1]
+  correct1 = top5[:, 0] == labels
+  correct5 = jnp.any(top5 == labels[:, None], axis=-1)
+  return {
+      'loss_sum': jnp.sum(jnp.where(mask, loss, 0.0)),
+      'top1_count': jnp.sum(correct1 & mask),
+      'top5_count': jnp.sum(correct5 & mask),
+      'count': jnp.sum(mask),
+  }

@@ -1,0 +1,108 @@
+"""Metric writers and progress reporting for the loop.
+
+Process 0 writes `metrics.jsonl` (one JSON object per write, always), and
+TensorBoard summaries through CLU when TensorFlow is installed (CLU's writers
+import it); without TensorFlow, e.g. on a GPU box that only has JAX, the
+console and the JSONL file remain.
+"""
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+from absl import logging
+
+
+class JsonlWriter:
+  """Appends `{"step": s, name: value, ...}` lines to `metrics.jsonl`."""
+
+  def __init__(self, workdir: str):
+    os.makedirs(workdir, exist_ok=True)
+    self._file = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._file.write(json.dumps(record, sort_keys=True) + '\n')
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    del hparams  # config.json holds them.
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+class _LogWriter:
+  """Console output when CLU (TensorFlow) is not available."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    logging.info('[%d] %s', step, ', '.join(
+        f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
+
+  def write_hparams(self, hparams):
+    logging.info('hparams: %s', hparams)
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+class Writers:
+  """Fans each call out to several writers."""
+
+  def __init__(self, writers):
+    self._writers = list(writers)
+
+  def __getattr__(self, method):
+    def call(*args, **kwargs):
+      for writer in self._writers:
+        getattr(writer, method)(*args, **kwargs)
+    return call
+
+
+def create_writer(workdir: str, is_main_process: bool) -> Writers:
+  if not is_main_process:
+    return Writers([])
+  try:
+    from clu import metric_writers
+    console = metric_writers.create_default_writer(workdir)
+  except ImportError:
+    logging.info('No TensorFlow/TensorBoard: logging to the console and '
+                 'metrics.jsonl only')
+    console = _LogWriter()
+  return Writers([console, JsonlWriter(workdir)])
+
+
+class Progress:
+  """Steps/s and ETA every `every_seconds`, counted from the first call.
+
+  The first call comes after the first (compiling) step, so compilation
+  does not skew the ETA.
+  """
+
+  def __init__(self, num_steps: int, writer, every_seconds: float = 60.0):
+    self._num_steps = num_steps
+    self._writer = writer
+    self._every = every_seconds
+    self._start = self._last = None
+    self._start_step = 0
+
+  def __call__(self, step: int):
+    now = time.perf_counter()
+    if self._start is None:
+      self._start, self._last, self._start_step = now, now, step
+      return
+    if now - self._last < self._every and step != self._num_steps:
+      return
+    self._last = now
+    rate = (step - self._start_step) / (now - self._start)
+    eta = (self._num_steps - step) / rate if rate > 0 else float('inf')
+    self._writer.write_scalars(step, {'steps_per_sec': rate})
+    logging.info('step %d/%d (%.1f%%), %.2f steps/s, ETA %.1f min', step,
+                 self._num_steps, 100.0 * step / self._num_steps, rate,
+                 eta / 60)

@@ -1,0 +1,201 @@
+"""train_and_evaluate end to end on synthetic data (no TensorFlow needed)."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+import se_flax
+from se_flax.train import checkpoint, inputs, loop, sharding
+from se_flax.train import config as config_lib
+
+# Wall-clock figures differ between runs; everything else must not.
+_TIMING = ('images_per_sec', 'step_time_ms', 'data_wait_fraction',
+           'compile_seconds', 'steps_per_sec')
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  c.model.name = 'seresnet_tiny'
+  c.data.source = 'synthetic'
+  c.data.image_size = 32
+  c.data.synthetic_num_classes = 10
+  c.data.synthetic_train_examples = 64
+  c.data.synthetic_eval_examples = 20  # Not a multiple of the batch.
+  c.batch_size = 16
+  c.learning_rate = 0.1
+  c.num_train_steps = 4
+  c.log_every_steps = 2
+  c.eval_every_epochs = 100.0  # Only at the end.
+  c.checkpoint_every_steps = 2
+  c.async_checkpoints = False
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  kept = [{k: v for k, v in r.items() if not any(t in k for t in _TIMING)}
+          for r in records]
+  return [r for r in kept if len(r) > 1]
+
+
+def _assert_trees_equal(a, b):
+  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                  err_msg=str(path))
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  full = loop.train_and_evaluate(tiny_config(), straight)
+  loop.train_and_evaluate(tiny_config(num_train_steps=2), resumed)
+  again = loop.train_and_evaluate(tiny_config(), resumed)
+  assert int(full.state.step) == int(again.state.step) == 4
+  _assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
+  # The resumed run logs the same metrics at the same steps (its first
+  # half once more, from the first start, plus a step-2 eval there).
+  logged = [r for r in _metrics(resumed) if r['step'] > 2]
+  assert logged == [r for r in _metrics(straight) if r['step'] > 2]
+  assert full.eval_metrics['eval/num_examples'] == 20
+  assert full.eval_metrics == again.eval_metrics
+  _assert_trees_equal(se_flax.load_variables(straight),
+                      se_flax.load_variables(resumed))
+
+
+def test_sigterm_saves_and_next_start_resumes(tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=50, checkpoint_every_steps=1000)
+  real = inputs.create_inputs
+
+  def preempting_inputs(cfg):
+    made = real(cfg)
+    train = made.train
+
+    def train_then_sigterm(start_step):
+      for i, batch in enumerate(train(start_step)):
+        if i == 3:
+          os.kill(os.getpid(), signal.SIGTERM)
+        yield batch
+    made.train = train_then_sigterm
+    return made
+
+  monkeypatch.setattr(loop, 'create_inputs', preempting_inputs)
+  result = loop.train_and_evaluate(config, workdir)
+  assert result.preempted
+  stopped = int(result.state.step)
+  assert 2 <= stopped < 10
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Restored.
+
+  monkeypatch.setattr(loop, 'create_inputs', real)
+  config.num_train_steps = stopped + 2
+  resumed = loop.train_and_evaluate(config, workdir)
+  assert not resumed.preempted and int(resumed.state.step) == stopped + 2
+  first_logged = min(r['step'] for r in _metrics(workdir)
+                     if r['step'] > stopped)
+  assert first_logged > stopped
+
+
+def test_checkpoints_move_between_8_and_1_devices(tmp_path):
+  workdir = str(tmp_path / 'run')
+  result = loop.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
+  state8 = result.state
+  assert len(jax.tree_util.tree_leaves(state8)[0].sharding.device_set) == 8
+  one = Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  on_one = sharding.replicated(one)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one),
+      state8)
+  ckpt = checkpoint.Checkpoints(workdir, async_save=False)
+  restored, meta = ckpt.restore(abstract)
+  assert meta['step'] == 2
+  leaf = jax.tree_util.tree_leaves(restored)[0]
+  assert leaf.sharding.device_set == {jax.devices()[0]}
+  _assert_trees_equal(jax.device_get(state8), jax.device_get(restored))
+  # And back: a 1-device checkpoint restored onto all 8 devices.
+  ckpt.save(7, restored, meta)
+  ckpt.wait()
+  eight = sharding.replicated(sharding.create_mesh())
+  back, _ = ckpt.restore(jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=eight),
+      state8), step=7)
+  assert len(jax.tree_util.tree_leaves(back)[0].sharding.device_set) == 8
+  _assert_trees_equal(jax.device_get(state8), jax.device_get(back))
+  ckpt.close()
+
+
+def test_export_and_notebook_loading(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=2, ema_decay=0.9)
+  result = loop.train_and_evaluate(config, workdir)
+  variables = se_flax.load_variables(workdir)
+  _assert_trees_equal(variables, jax.device_get(result.state.variables()))
+  ema = se_flax.load_variables(workdir, ema=True)
+  _assert_trees_equal(ema, jax.device_get(result.state.variables(ema=True)))
+  assert 'eval_ema/top1' in result.eval_metrics
+  out = str(tmp_path / 'weights.npz')
+  checkpoint.main(['--workdir', workdir, '--output', out])
+  exported = checkpoint.load_exported(out)
+  _assert_trees_equal(exported, variables)
+  model = se_flax.create_model('seresnet_tiny', num_classes=10)
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  np.testing.assert_array_equal(model.apply(exported, x, train=False),
+                                model.apply(variables, x, train=False))
+  with pytest.raises(FileNotFoundError, match='step 5'):
+    se_flax.load_variables(workdir, step=5)
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['model']['name'] == 'seresnet_tiny'
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 12, 'batch_size.*multiple of the 8 devices'),
+    ('eval_batch_size', 4, 'eval_batch_size'),
+    ('lr_schedule', 'linear', 'lr_schedule'),
+    ('nonfinite', 'ignore', 'nonfinite'),
+    ('ema_decay', 1.0, 'ema_decay'),
+])
+def test_misconfiguration_fails_before_compiling(tmp_path, field, value,
+                                                 message):
+  config = tiny_config()
+  config[field] = value
+  with pytest.raises(ValueError, match=message):
+    loop.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('name', 'seresnet5', 'model.name'),
+    ('se_position', 'middle', 'se_position'),
+    ('bn_groups', 3, 'bn_groups'),
+    ('dtype', 'int8', 'model.dtype'),
+])
+def test_model_misconfiguration_is_named(field, value, message):
+  config = tiny_config()
+  config.model[field] = value
+  with pytest.raises(ValueError, match=message):
+    loop.validate_config(config)
+
+
+def test_se_fields_on_a_plain_model_are_refused():
+  config = tiny_config()
+  config.model.se = False
+  config.model.se_reduction = 8
+  with pytest.raises(ValueError, match='se is False'):
+    loop.validate_config(config)
+
+
+def test_locked_config_rejects_misspelt_fields():
+  config = tiny_config()
+  config.lock()
+  with pytest.raises(AttributeError):
+    config.learning_rat = 0.1
