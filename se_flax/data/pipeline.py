@@ -46,16 +46,18 @@ decodable image at all is an error.
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Dict, Iterator
+from typing import Dict, Iterator
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from se_flax.data import ops
 from se_flax.data import prepare
+from se_flax.data import records
 from se_flax.data import tf_setup
 
-_AUTOTUNE = -1
 _MAX_EPOCHS = 1 << 40
 _LOG_FIRST_SKIPS = 10  # then every 100th
 
@@ -85,8 +87,6 @@ def dataset_info(data_config) -> DatasetInfo:
 
 
 def _builder(data_config):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   tf_setup.hide_accelerators_from_tf()
   builder = tfds.builder(data_config.name, data_dir=data_config.data_dir)
   if not builder.is_prepared():
@@ -112,152 +112,28 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-@dataclasses.dataclass(frozen=True)
-class _Shard:
-  """The record-file slices that make up one process's part of a split."""
-
-  filenames: tuple
-  skips: tuple
-  takes: tuple
-
-  @property
-  def num_examples(self) -> int:
-    return sum(self.takes)
+def _is_jpeg(builder, data_config) -> bool:
+  """Whether TFDS stores the images as JPEG (else PNG & co.)."""
+  feature = builder.info.features[data_config.image_key]
+  return getattr(feature, 'encoding_format', None) == 'jpeg'
 
 
-def _process_shard(builder, split: str, index: int, count: int) -> _Shard:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  subsplit = tfds.split_for_jax_process(
-      split, process_index=index, process_count=count
-  )
-  instructions = [
-      f for f in builder.info.splits[subsplit].file_instructions if f.take
-  ]
-  return _Shard(
-      tuple(f.filename for f in instructions),
-      tuple(f.skip for f in instructions),
-      tuple(f.take for f in instructions),
-  )
-
-
-def _records(shard: _Shard, *, order_seed=None, cycle_length: int = 16):
-  """Serialized records of the shard; files in seeded order if given."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  files = tf.data.Dataset.from_tensor_slices(
-      (list(shard.filenames), list(shard.skips), list(shard.takes))
-  )
-  if order_seed is not None:
-    files = files.shuffle(len(shard.filenames), seed=order_seed)
-  return files.interleave(
-      lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip).take(take),
-      cycle_length=max(1, min(cycle_length, len(shard.filenames))),
-      block_length=1,
-      num_parallel_calls=_AUTOTUNE,
-      deterministic=True,
-  )
-
-
-def _parse_fn(builder, data_config) -> Callable[[Any], Dict[str, Any]]:
-  """serialized tf.Example -> {'image': encoded bytes, 'label': int32}."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  features = builder.info.features
-  decoders = {data_config.image_key: tfds.decode.SkipDecoding()}
-
-  def parse(record):
-    example = features.deserialize_example(record, decoders=decoders)
-    return {
-        'image': example[data_config.image_key],
-        'label': tf.cast(example[data_config.label_key], tf.int32),
-    }
-
-  return parse
-
-
-def map_catching_errors(ds, fn, fallback, *, num_parallel_calls: int):
-  """Like `ds.map(fn)`, but an element whose `fn` fails becomes `fallback`.
-
-  Each output dict gets 'ok' (bool): False where `fn` raised. The order and
-  the number of elements are unchanged, unlike `ignore_errors`, which drops
-  elements and so shifts every later batch.
-
-  Args:
-    ds: tf.data.Dataset of tuples (or single tensors).
-    fn: element -> dict of tensors; may fail (e.g. undecodable JPEG).
-    fallback: element -> dict of the same structure; must not fail.
-    num_parallel_calls: parallel elements, or -1 for AUTOTUNE.
-
-  Returns:
-    tf.data.Dataset of dicts with 'ok' added.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  def call(f, ok):
-    return lambda *x: {**f(*x), 'ok': tf.constant(ok)}
-
-  def one(*x):
-    # A one-element dataset per example is the only per-element try/except
-    # tf.data has; `take(1)` keeps the fallback only when `fn` failed.
-    good = tf.data.Dataset.from_tensors(x).map(call(fn, True)).ignore_errors()
-    bad = tf.data.Dataset.from_tensors(x).map(call(fallback, False))
-    return good.concatenate(bad).take(1)
-
-  # Sub-datasets have one element, so deterministic interleave keeps order.
-  cycle = 16 if num_parallel_calls == _AUTOTUNE else num_parallel_calls
-  return ds.interleave(
-      one,
-      cycle_length=cycle,
-      block_length=1,
-      num_parallel_calls=num_parallel_calls,
-      deterministic=True,
-  )
-
-
-def _fill_failed(batch: Dict[str, Any]) -> Dict[str, Any]:
-  """Gives failed rows of a train batch copies of decoded rows; counts them."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  ok = batch.pop('ok')
-  size = tf.shape(ok)[0]
-  good = tf.cast(tf.where(ok)[:, 0], tf.int32)
-  num_good = tf.size(good)
-  check = tf.debugging.assert_positive(
-      num_good, message='No image of a training batch could be decoded.'
-  )
-  with tf.control_dependencies([check]):
-    rows = tf.range(size)
-    source = tf.where(ok, rows, tf.gather(good, rows % tf.maximum(num_good, 1)))
-  fixed = tf.cond(
-      tf.reduce_all(ok),
-      lambda: batch,  # the common case: no copy
-      lambda: {k: tf.gather(v, source) for k, v in batch.items()},
-  )
-  return {**fixed, 'num_skipped': size - num_good}
-
-
-def _options(data_config):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  options = tf.data.Options()
-  options.deterministic = True
-  options.threading.max_intra_op_parallelism = 1
-  if data_config.threads:
-    options.threading.private_threadpool_size = data_config.threads
-  return options
-
-
-def _blank(size: int, ok_label=None):
-  """Fallback example: a black image (any label); never reaches metrics."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  del ok_label
+def _blank(size: int) -> Dict[str, tf.Tensor]:
+  """Stand-in for an undecodable example; never reaches the metrics."""
   return {
       'image': tf.zeros([size, size, 3], tf.uint8),
       'label': tf.constant(0, tf.int32),
   }
+
+
+def _options(data_config) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  # Parallelism comes from tf.data's threads, one image per thread.
+  options.threading.max_intra_op_parallelism = 1
+  if data_config.threads:
+    options.threading.private_threadpool_size = data_config.threads
+  return options
 
 
 def train_dataset(
@@ -268,27 +144,26 @@ def train_dataset(
     start_step: int,
     process_index: int,
     process_count: int,
-):
-  """The process's infinite training tf.data.Dataset (see module docstring).
+) -> tf.data.Dataset:
+  """The process's infinite training stream (see the module docstring).
 
-  Elements: {'image': uint8 [B, S, S, 3], 'label': int32 [B],
-  'num_skipped': int32 []} with S = data_config.image_size.
+  Returns:
+    tf.data.Dataset of {'image': uint8 [B, S, S, 3], 'label': int32 [B],
+    'num_skipped': int32 []}, S = data_config.image_size.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   local = _local_batch(global_batch_size, process_count)
   builder = _builder(data_config)
-  shard = _process_shard(
+  shard = records.process_shard(
       builder, data_config.train_split, process_index, process_count
   )
   n = shard.num_examples
   first_epoch, offset = divmod(start_step * local, n)
-  root = tf.constant([seed, process_index], tf.int64)
   fold = tf.random.experimental.stateless_fold_in
+  root = tf.constant([seed, process_index], tf.int64)
   aug_root, order_root = fold(root, 0), fold(root, 1)
   cycle = data_config.file_cycle_length
-  cached = _records(shard, cycle_length=cycle).cache() if (
-      data_config.cache) else None  # pyformat: disable
+  if data_config.cache:  # one fixed file order, read once, then from memory
+    cached = records.read(shard, cycle_length=cycle).cache()
   buffer = max(1, min(data_config.shuffle_buffer, n))
 
   def epoch(e):
@@ -297,16 +172,19 @@ def train_dataset(
             [2], fold(order_root, e), minval=None, maxval=None, dtype=tf.int64
         )
     )
-    records = cached if data_config.cache else _records(
-        shard, order_seed=file_seed, cycle_length=cycle)  # pyformat: disable
-    records = records.shuffle(buffer, seed=buffer_seed)
+    if data_config.cache:
+      recs = cached
+    else:
+      recs = records.read(shard, order_seed=file_seed, cycle_length=cycle)
     positions = tf.data.Dataset.range(e * n, (e + 1) * n)
-    return tf.data.Dataset.zip((positions, records))
+    return tf.data.Dataset.zip(positions, recs.shuffle(buffer, buffer_seed))
 
-  # Skip before parsing and decoding: resuming costs only record reads.
+  # Skipped before parsing and decoding: resuming costs only record reads.
   ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
   ds = ds.skip(offset)
-  parse = _parse_fn(builder, data_config)
+  parse = records.parse_fn(
+      builder, data_config.image_key, data_config.label_key
+  )
   preprocess = functools.partial(
       ops.train_preprocess,
       image_size=data_config.image_size,
@@ -317,23 +195,31 @@ def train_dataset(
       antialias=data_config.antialias,
       random_rotation=data_config.random_rotation,
       pixel_jitter=data_config.pixel_jitter,
+      jpeg=_is_jpeg(builder, data_config),
   )
 
-  def decode(position, record):
-    example = parse(record)
-    image = preprocess(example['image'], fold(aug_root, position))
-    return {'image': image, 'label': example['label']}
+  def decode(position, image, label):
+    image = preprocess(image, fold(aug_root, position))
+    return {'image': image, 'label': label}
 
-  ds = map_catching_errors(
+  ds = records.map_and_batch_catching_errors(
       ds,
       decode,
       lambda *_: _blank(data_config.image_size),
+      batch_size=local,
       num_parallel_calls=data_config.num_parallel_calls,
+      prepare_batch=lambda positions, recs: (positions, *parse(recs)),
   )
-  ds = ds.batch(local, drop_remainder=True)
-  ds = ds.map(_fill_failed, num_parallel_calls=_AUTOTUNE, deterministic=True)
-  ds = ds.prefetch(data_config.prefetch)
+  ds = ds.map(records.fill_failed).prefetch(data_config.prefetch)
   return ds.with_options(_options(data_config))
+
+
+def _log_skips(kind: str, step: int, new: int, total: int) -> None:
+  if total - new < _LOG_FIRST_SKIPS or total // 100 > (total - new) // 100:
+    logging.warning(
+        '%s input: %d undecodable image(s) in batch %d; %d skipped so far.',
+        kind, new, step, total,
+    )
 
 
 class TrainIterator:
@@ -345,7 +231,7 @@ class TrainIterator:
     num_skipped: undecodable images met so far by this process.
   """
 
-  def __init__(self, ds, info: DatasetInfo, start_step: int):
+  def __init__(self, ds: tf.data.Dataset, info: DatasetInfo, start_step: int):
     self._it = ds.as_numpy_iterator()
     self.info = info
     self.step = start_step
@@ -359,7 +245,7 @@ class TrainIterator:
   def num_classes(self) -> int:
     return self.info.num_classes
 
-  def __iter__(self):
+  def __iter__(self) -> 'TrainIterator':
     return self
 
   def __next__(self) -> Dict[str, np.ndarray]:
@@ -370,14 +256,6 @@ class TrainIterator:
       _log_skips('train', self.step, skipped, self.num_skipped)
     self.step += 1
     return batch
-
-
-def _log_skips(kind: str, step: int, new: int, total: int) -> None:
-  if total - new < _LOG_FIRST_SKIPS or total // 100 > (total - new) // 100:
-    logging.warning(
-        '%s input: %d undecodable image(s) in batch %d; %d skipped so far.',
-        kind, new, step, total,
-    )  # pyformat: disable
 
 
 def create_train_iterator(
@@ -415,6 +293,70 @@ def create_train_iterator(
   return TrainIterator(ds, dataset_info(data_config), start_step)
 
 
+def eval_dataset(
+    data_config,
+    *,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+):
+  """Returns (tf.data.Dataset, num_examples, num_local, num_batches).
+
+  The dataset yields {'image': uint8 [B, S, S, 3], 'label': int32 [B],
+  'mask': bool [B], 'num_skipped': int32 []}, S = eval image size.
+  """
+  local = _local_batch(global_batch_size, process_count)
+  builder = _builder(data_config)
+  split = data_config.eval_split
+  total = builder.info.splits[split].num_examples
+  # Even splits differ by at most one; the largest sets the batch count.
+  num_batches = math.ceil(math.ceil(total / process_count) / local)
+  shard = records.process_shard(builder, split, process_index, process_count)
+  size = data_config.eval_image_size or data_config.image_size
+  ds = records.read(shard, cycle_length=data_config.file_cycle_length)
+  if data_config.cache:
+    ds = ds.cache()
+  parse = records.parse_fn(
+      builder, data_config.image_key, data_config.label_key
+  )
+  preprocess = functools.partial(
+      ops.eval_preprocess,
+      image_size=size,
+      crop_pct=data_config.crop_pct,
+      interpolation=data_config.interpolation,
+      antialias=data_config.antialias,
+      jpeg=_is_jpeg(builder, data_config),
+  )
+
+  def decode(image, label, real):
+    return {'image': preprocess(image), 'label': label, 'real': real}
+
+  # Padding records are empty and fail to parse on purpose: the fallback
+  # gives them mask False, and only the last batch or two pay for it.
+  pad = num_batches * local - shard.num_examples
+  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensors(True).repeat())
+  ds = ds.concatenate(
+      tf.data.Dataset.from_tensors((tf.constant(b''), False)).repeat(pad)
+  )
+  ds = records.map_and_batch_catching_errors(
+      ds,
+      decode,
+      lambda record, real: {**_blank(size), 'real': real},
+      batch_size=local,
+      num_parallel_calls=data_config.num_parallel_calls,
+      prepare_batch=lambda recs, real: (*parse(recs), real),
+  )
+
+  def to_mask(batch):
+    ok, real = batch.pop('ok'), batch.pop('real')
+    skipped = tf.reduce_sum(tf.cast(real & ~ok, tf.int32))
+    return {**batch, 'mask': ok & real, 'num_skipped': skipped}
+
+  ds = ds.map(to_mask).prefetch(data_config.prefetch)
+  return ds.with_options(_options(data_config)), total, shard.num_examples, (
+      num_batches)
+
+
 class EvalIterable:
   """One process's eval batches; iterate once per evaluation.
 
@@ -448,66 +390,6 @@ class EvalIterable:
       yield batch
 
 
-def eval_dataset(
-    data_config,
-    *,
-    global_batch_size: int,
-    process_index: int,
-    process_count: int,
-):
-  """Returns (tf.data.Dataset, num_examples, num_local, num_batches)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  local = _local_batch(global_batch_size, process_count)
-  builder = _builder(data_config)
-  split = data_config.eval_split
-  total = builder.info.splits[split].num_examples
-  # Even splits differ by at most one; the largest sets the batch count.
-  num_batches = math.ceil(math.ceil(total / process_count) / local)
-  shard = _process_shard(builder, split, process_index, process_count)
-  size = data_config.eval_image_size or data_config.image_size
-  ds = _records(shard, cycle_length=data_config.file_cycle_length)
-  if data_config.cache:
-    ds = ds.cache()
-  parse = _parse_fn(builder, data_config)
-  preprocess = functools.partial(
-      ops.eval_preprocess,
-      image_size=size,
-      crop_pct=data_config.crop_pct,
-      interpolation=data_config.interpolation,
-      antialias=data_config.antialias,
-  )
-
-  def decode(record):
-    example = parse(record)
-    return {'image': preprocess(example['image']), 'label': example['label']}
-
-  ds = map_catching_errors(
-      ds,
-      decode,
-      lambda _: _blank(size),
-      num_parallel_calls=data_config.num_parallel_calls,
-  )
-  ds = ds.map(lambda x: {**x, 'real': True})
-  padding = tf.data.Dataset.from_tensors(
-      {**_blank(size), 'ok': False, 'real': False}
-  ).repeat(num_batches * local - shard.num_examples)
-  ds = ds.concatenate(padding).batch(local, drop_remainder=True)
-
-  def to_mask(batch):
-    ok, real = batch.pop('ok'), batch.pop('real')
-    skipped = tf.reduce_sum(tf.cast(real & ~ok, tf.int32))
-    return {**batch, 'mask': ok & real, 'num_skipped': skipped}
-
-  ds = ds.map(to_mask).prefetch(data_config.prefetch)
-  return (
-      ds.with_options(_options(data_config)),
-      total,
-      shard.num_examples,
-      num_batches,
-  )
-
-
 def create_eval_iterator(
     data_config,
     *,
@@ -524,8 +406,8 @@ def create_eval_iterator(
     process_count: `jax.process_count()`; must divide global_batch_size.
 
   Returns:
-    An `EvalIterable` (see there); `num_examples` is the split size, and the
-    masks over all processes and batches sum to it (less undecodable ones).
+    An `EvalIterable`; its `num_examples` is the split size, and the masks
+    over all processes and batches sum to it, less undecodable images.
   """
   ds, total, local_total, num_batches = eval_dataset(
       data_config,

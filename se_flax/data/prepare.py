@@ -20,6 +20,10 @@ import tarfile
 from typing import List, Optional, Sequence
 
 from absl import logging
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from se_flax.data import tf_setup
 
 IMAGENET = 'imagenet2012'
 TRAIN_TAR = 'ILSVRC2012_img_train.tar'
@@ -49,8 +53,6 @@ def expected_layout(manual_dir: str) -> str:
 
 def data_root(data_dir: Optional[str]) -> str:
   """The TFDS data directory: `data_dir`, else TFDS's default."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   return data_dir or os.fspath(tfds.core.constants.DATA_DIR)
 
 
@@ -78,9 +80,9 @@ def missing_data_message(
   if name.split(':')[0].split('/')[0] != IMAGENET:
     return msg + ' Prepare it with tfds.builder(name).download_and_prepare().'
   manual_dir = manual_dir or default_manual_dir(data_dir)
+  exists = lambda f: tf.io.gfile.exists(os.path.join(manual_dir, f))
   found = ', '.join(
-      f'{f}: {"found" if _exists(os.path.join(manual_dir, f)) else "MISSING"}'
-      for f in EXPECTED_FILES
+      f'{f}: {"found" if exists(f) else "MISSING"}' for f in EXPECTED_FILES
   )
   return (
       f'{msg}\nImageNet needs the manual archives {TRAIN_TAR} and {VAL_TAR}'
@@ -91,16 +93,8 @@ def missing_data_message(
   )
 
 
-def _exists(path: str) -> bool:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  return tf.io.gfile.exists(path)
-
-
 def _first_member(path: str) -> Optional[str]:
   """Name of the first entry of a tar archive, None if unreadable."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   try:
     with tf.io.gfile.GFile(path, 'rb') as f:
       with tarfile.open(fileobj=f, mode='r|') as tar:
@@ -132,8 +126,6 @@ def preflight(manual_dir: str, data_dir: str) -> Preflight:
   Returns:
     A `Preflight`; an empty `problems` list means the build may start.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   problems, notes, total = [], [], 0
   for fname, prefix in ((TRAIN_TAR, 'n'), (VAL_TAR, 'ILSVRC2012_val_')):
     path = os.path.join(manual_dir, fname)
@@ -193,10 +185,6 @@ def prepare(
     FileNotFoundError: the preflight found a problem; the message lists it
       and the expected layout.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  from se_flax.data import tf_setup  # pylint: disable=g-import-not-at-top
-
   tf_setup.hide_accelerators_from_tf()
   builder = tfds.builder(name, data_dir=data_dir)
   if builder.is_prepared():
@@ -220,6 +208,23 @@ def prepare(
   return builder
 
 
+def _print_report(report: Preflight, manual_dir: str) -> None:
+  for line in report.notes:
+    print(f'note: {line}')
+  free = (
+      'unknown (gs://)'
+      if report.free_bytes is None
+      else f'{report.free_bytes / GIB:.1f} GiB'
+  )
+  print(
+      f'archives: {report.archive_bytes / GIB:.1f} GiB; the build needs '
+      f'about {report.needed_bytes / GIB:.1f} GiB; free: {free}'
+  )
+  if report.problems:
+    print('problems:\n  ' + '\n  '.join(report.problems))
+    print(f'expected layout:\n{expected_layout(manual_dir)}')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--name', default=IMAGENET, help='TFDS dataset name.')
@@ -230,34 +235,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   )
   args = parser.parse_args(argv)
   logging.set_verbosity(logging.INFO)
-  data_dir = args.data_dir
-  if args.dry_run:
-    manual_dir = args.manual_dir or default_manual_dir(data_dir)
-    report = preflight(manual_dir, data_root(data_dir))
-    for line in report.notes:
-      print(f'note: {line}')
-    print(
-        f'archives: {report.archive_bytes / GIB:.1f} GiB; build needs about'
-        f' {report.needed_bytes / GIB:.1f} GiB; free: '
-        + (
-            'unknown (gs://)'
-            if report.free_bytes is None
-            else f'{report.free_bytes / GIB:.1f} GiB'
-        )
-    )
+  tf_setup.hide_accelerators_from_tf()
+  builder = tfds.builder(args.name, data_dir=args.data_dir)
+  if builder.is_prepared():
+    print(f'{args.name} is already prepared in {builder.data_dir}')
+    return 0
+  if args.name == IMAGENET:
+    manual_dir = args.manual_dir or default_manual_dir(args.data_dir)
+    report = preflight(manual_dir, data_root(args.data_dir))
+    _print_report(report, manual_dir)
     if report.problems:
-      print('problems:\n  ' + '\n  '.join(report.problems))
-      print(f'expected layout:\n{expected_layout(manual_dir)}')
       return 1
     print('preflight ok')
+  if args.dry_run:
     return 0
-  try:
-    builder = prepare(
-        args.name, data_dir=data_dir, manual_dir=args.manual_dir
-    )
-  except FileNotFoundError as e:
-    print(e, file=sys.stderr)
-    return 1
+  builder = prepare(
+      args.name,
+      data_dir=args.data_dir,
+      manual_dir=args.manual_dir,
+      check=False,  # done above
+  )
   print(f'prepared {args.name} in {builder.data_dir}')
   return 0
 

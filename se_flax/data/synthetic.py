@@ -21,7 +21,7 @@ def create_synthetic_iterator(
     process_index: int = 0,
     process_count: int = 1,
 ) -> Iterator[Dict[str, np.ndarray]]:
-  """Yields this process's slice of synthetic global batches, forever.
+  """An endless iterator over this process's slice of synthetic batches.
 
   Args:
     global_batch_size: examples per step over all processes.
@@ -31,9 +31,9 @@ def create_synthetic_iterator(
     process_index: this process, in [0, process_count).
     process_count: number of processes; must divide global_batch_size.
 
-  Yields:
-    {'image': uint8 [B, image_size, image_size, 3] NHWC,
-     'label': int32 [B]} with B = global_batch_size // process_count.
+  Returns:
+    An endless iterator of {'image': uint8 [B, image_size, image_size, 3]
+    NHWC, 'label': int32 [B]} with B = global_batch_size // process_count.
   """
   if global_batch_size % process_count:
     raise ValueError(
@@ -51,7 +51,11 @@ def create_synthetic_iterator(
       }
       for _ in range(_POOL)
   ]
+  return _cycle(pool)
+
+
+def _cycle(pool):
   step = 0
   while True:
-    yield pool[step % _POOL]
+    yield pool[step % len(pool)]
     step += 1

@@ -30,8 +30,11 @@ import tarfile
 from typing import List, Sequence, Tuple
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from se_flax.data import prepare as prepare_lib
+from se_flax.data import tf_setup
 
 _LABELS = 'datasets/imagenet2012/labels.txt'
 _VAL_LABELS = 'datasets/imagenet2012/validation_labels.txt'
@@ -40,8 +43,6 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 
 
 def _tfds_lines(relpath: str) -> List[str]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   return tfds.core.tfds_path(relpath).read_text().split()
 
 
@@ -79,8 +80,6 @@ def class_image(
 
 
 def _jpeg(image: np.ndarray, quality: int) -> bytes:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
   return tf.io.encode_jpeg(image, quality=quality).numpy()
 
 
@@ -140,6 +139,7 @@ def write_archives(
     num_corrupt: images per split (of class 0) replaced by undecodable
       bytes, to exercise skip-and-count.
   """
+  tf_setup.hide_accelerators_from_tf()  # before the first (JPEG) op
   os.makedirs(manual_dir, exist_ok=True)
   wanted = synsets()[:num_classes]
   rng = np.random.default_rng(seed)
