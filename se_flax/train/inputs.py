@@ -10,7 +10,8 @@ from typing import Callable, Iterable, Iterator
 
 import jax
 import ml_collections
-import numpy as np
+
+from se_flax.data import synthetic
 
 
 @dataclasses.dataclass
@@ -74,51 +75,20 @@ def _with_tiny_imagenet(data: ml_collections.ConfigDict):
   return data
 
 
-def _synthetic_global_batch(seed: int, step: int, batch: int, size: int,
-                            num_classes: int) -> dict:
-  rng = np.random.default_rng([seed, step])
-  return {'image': rng.integers(0, 256, (batch, size, size, 3), np.uint8),
-          'label': rng.integers(0, num_classes, (batch,), np.int32)}
-
-
 def _synthetic_inputs(config, eval_batch, *, process_index, process_count):
-  """Random pixels, a function of (seed, step) alone, sliced per process.
-
-  The global batch does not depend on the process count, so runs on one
-  or many processes see the same data.
-  """
+  """Random pixels; the global batches depend on (seed, step) alone."""
   data = config.data
-  size, classes = data.image_size, data.synthetic_num_classes
-  for batch in (config.batch_size, eval_batch):
-    if batch % process_count:
-      raise ValueError(f'Batch size {batch} is not divisible by the '
-                       f'{process_count} processes')
-
-  def local(global_batch: dict, batch: int) -> dict:
-    n = batch // process_count
-    return {k: v[process_index * n:(process_index + 1) * n]
-            for k, v in global_batch.items()}
-
-  # A small pool of distinct batches, cycled: making pixels must not cost
-  # more than the step being measured.
-  pool = [_synthetic_global_batch(config.seed, i, config.batch_size, size,
-                                  classes) for i in range(4)]
-
-  def train(start_step: int) -> Iterator[dict]:
-    step = start_step
-    while True:
-      yield local(pool[step % len(pool)], config.batch_size)
-      step += 1
-
-  def evaluate() -> Iterator[dict]:
-    total = data.synthetic_eval_examples
-    for i, start in enumerate(range(0, total, eval_batch)):
-      batch = _synthetic_global_batch(config.seed + 1, i, eval_batch, size,
-                                      classes)
-      batch['mask'] = np.arange(start, start + eval_batch) < total
-      yield local(batch, eval_batch)
-
-  return Inputs(num_train_examples=data.synthetic_train_examples,
-                num_eval_examples=data.synthetic_eval_examples,
-                num_classes=classes, image_size=size, train=train,
-                eval=evaluate)
+  common = dict(image_size=data.image_size,
+                num_classes=data.synthetic_num_classes, seed=config.seed,
+                process_index=process_index, process_count=process_count)
+  return Inputs(
+      num_train_examples=data.synthetic_train_examples,
+      num_eval_examples=data.synthetic_eval_examples,
+      num_classes=data.synthetic_num_classes,
+      image_size=data.image_size,
+      train=lambda start_step: synthetic.create_synthetic_iterator(
+          global_batch_size=config.batch_size, start_step=start_step,
+          **common),
+      eval=lambda: synthetic.create_synthetic_eval(
+          num_examples=data.synthetic_eval_examples,
+          global_batch_size=eval_batch, **common))

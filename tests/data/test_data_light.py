@@ -66,3 +66,23 @@ def test_synthetic_rejects_indivisible_batch():
     synthetic.create_synthetic_iterator(
         global_batch_size=6, image_size=8, num_classes=2, seed=0,
         process_count=4)
+
+
+def test_synthetic_global_batch_is_independent_of_process_count():
+  kw = dict(global_batch_size=8, image_size=8, num_classes=10, seed=1,
+            start_step=5)
+  whole = next(synthetic.create_synthetic_iterator(**kw))
+  parts = [next(synthetic.create_synthetic_iterator(
+      **kw, process_index=i, process_count=2)) for i in range(2)]
+  for key in ('image', 'label'):
+    np.testing.assert_array_equal(
+        whole[key], np.concatenate([p[key] for p in parts]))
+
+
+def test_synthetic_eval_pads_and_masks():
+  batches = list(synthetic.create_synthetic_eval(
+      num_examples=20, global_batch_size=8, image_size=8, num_classes=10,
+      seed=0))
+  assert len(batches) == 3
+  assert sum(int(b['mask'].sum()) for b in batches) == 20
+  assert all(b['image'].shape == (8, 8, 8, 3) for b in batches)
