@@ -10,22 +10,49 @@ timm has two key layouts for the same ResNet shapes: `senet.py`
 and `resnet.py` (`conv1`, `se`, `fc`). The two compute different functions
 (stride placement, max pooling), so a checkpoint of one layout is refused
 for a model of the other rather than renamed.
+
+The other timm-backed families have one layout each (`KeyLayout`):
+`inception_resnet_v2` (`conv2d_1a.conv`, `repeat_1.3.branch1.0.bn`,
+`classif`), `vgg16_bn` (`features.N`, `pre_logits.fc1`, `head.fc`) and
+`mobilenetv1_100` (`conv_stem`, `blocks.S.B.conv_dw`, `classifier`).
 """
 
 import dataclasses
+import functools
 import os
-from typing import Any, Mapping
+import re
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from se_flax.models import registry
+from se_flax.models.inception import InceptionResNetV2
+from se_flax.models.mobilenet import MobileNetV1
 from se_flax.models.resnet import ResNet
+from se_flax.models.vgg import VGG
 
 _PARAM_SUFFIX = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
                  'mean': 'running_mean', 'var': 'running_var'}
 _LEGACY_MARKERS = ('layer0.', '.se_module.', 'last_linear.')
+# Parameter shapes do not depend on the image size; this one is valid for
+# every family (Inception-ResNet-v2's VALID reductions need >= 75 px).
+_INIT_SIZE = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLayout:
+  """How one family names its modules in timm.
+
+  Attributes:
+    module_key: Flax module path (without the leaf) -> timm module name.
+    classifier: timm module of the classifier (the Flax `fc` Dense).
+    hint: optional `keys -> str`, an explanation appended to load errors.
+  """
+  module_key: Callable[[tuple[str, ...]], str]
+  classifier: str
+  hint: Optional[Callable[[Any], str]] = None
 
 
 def _is_legacy_layout(name: str) -> bool:
@@ -61,6 +88,113 @@ def _resnet_deep_stem_key(path, legacy):
   return _resnet_module_key(path, legacy)
 
 
+def _resnet_layout_hint(name: str, keys) -> str:
+  """Explains a legacy (senet.py) vs resnet.py key mismatch."""
+  has_legacy = any(m in k or k.startswith(m) for k in keys
+                   for m in _LEGACY_MARKERS)
+  if has_legacy and not _is_legacy_layout(name):
+    return (f'\nThese are timm senet.py (legacy/Caffe) keys, but {name!r} is '
+            'a torchvision-style network (stride on the 3x3, padded max '
+            'pool): the weights would load and compute a different function. '
+            'Use the matching legacy_* model.')
+  if not has_legacy and _is_legacy_layout(name):
+    return (f'\nThese look like timm resnet.py keys, but {name!r} is a '
+            'Caffe-style (legacy) network: use the matching timm-style model '
+            '(e.g. seresnet50 instead of legacy_seresnet50).')
+  return ''
+
+
+def _resnet_layout(model: ResNet, name: str) -> KeyLayout:
+  legacy = _is_legacy_layout(name)
+  key = _resnet_deep_stem_key if model.stem == 'deep' else _resnet_module_key
+  return KeyLayout(functools.partial(key, legacy=legacy),
+                   'last_linear' if legacy else 'fc',
+                   functools.partial(_resnet_layout_hint, name))
+
+
+# timm's Sequential names of the repeated Inception-ResNet blocks.
+_IRV2_REPEATS = {'block35': 'repeat', 'block17': 'repeat_1',
+                 'block8': 'repeat_2'}
+
+
+def _irv2_module_key(path: tuple[str, ...]) -> str:
+  """`block17_3/branch1_0/conv` -> `repeat_1.3.branch1.0.conv`."""
+  head, rest = path[0], path[1:]
+  kind, _, index = head.rpartition('_')
+  if kind in _IRV2_REPEATS and index.isdigit():
+    head = f'{_IRV2_REPEATS[kind]}.{index}'
+  rest = [re.sub(r'^(branch\d)_(\d)$', r'\1.\2', part) for part in rest]
+  return '.'.join([head] + rest)
+
+
+def _irv2_layout(model: InceptionResNetV2, name: str) -> KeyLayout:
+  del model, name
+  return KeyLayout(_irv2_module_key, 'classif')
+
+
+def _vgg_layout(model: VGG, name: str) -> KeyLayout:
+  """timm's `features` Sequential: conv, bn, relu per unit, a pool per stage."""
+  del name
+  index, first = 0, {}
+  for i, widths in enumerate(model.stages, start=1):
+    for j in range(1, len(widths) + 1):
+      first[f'conv{i}_{j}'] = index
+      index += 3
+    index += 1
+
+  def module_key(path):
+    if path[0] in ('fc1', 'fc2'):
+      return f'pre_logits.{path[0]}'
+    return f'features.{first[path[0]] + (path[1] == "bn")}'
+
+  return KeyLayout(module_key, 'head.fc')
+
+
+def _mobilenet_module_key(path: tuple[str, ...]) -> str:
+  """`stage3_block2/conv_dw` -> `blocks.3.2.conv_dw`."""
+  match = re.fullmatch(r'stage(\d+)_block(\d+)', path[0])
+  if match:
+    return '.'.join(['blocks', *match.groups(), *path[1:]])
+  return '.'.join(path)
+
+
+def _mobilenet_layout(model: MobileNetV1, name: str) -> KeyLayout:
+  del model, name
+  return KeyLayout(_mobilenet_module_key, 'classifier')
+
+
+# Families whose architecture timm has, and how to name their keys. timm
+# has no SE variant of VGG, MobileNet v1 or Inception-ResNet-v2 (nor any
+# BN-Inception or ShuffleNet v1): those models have no timm layout.
+_LAYOUTS = {ResNet: _resnet_layout, InceptionResNetV2: _irv2_layout,
+            VGG: _vgg_layout, MobileNetV1: _mobilenet_layout}
+_SE_IN_TIMM = (ResNet,)
+
+
+def key_layout(name: str) -> KeyLayout:
+  """The timm key layout of the registered model `name`.
+
+  Raises:
+    NotImplementedError: timm has no model with this architecture.
+  """
+  model = registry.create_model(name)
+  family = type(model)
+  if family not in _LAYOUTS:
+    raise NotImplementedError(
+        f'{name!r}: timm has no {family.__name__}, so there is no timm key '
+        'layout to convert from or to')
+  if getattr(model, 'se', None) is not None and family not in _SE_IN_TIMM:
+    raise NotImplementedError(
+        f'{name!r}: timm has no SE variant of {family.__name__}; convert '
+        f'the plain network (se=None) instead')
+  return _LAYOUTS[family](model, name)
+
+
+def _in_se(names: tuple[str, ...]) -> bool:
+  # The same rule as stats: an SE module is named `se` or `se_*`.
+  return any(n == 'se' or n.startswith('se_') for n in names)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Leaf:
   collection: str
@@ -91,59 +225,40 @@ class _Leaf:
     return self.to_torch(np.empty(self.flax_shape, np.int8)).shape
 
 
-def _module_key_fn(model):
-  if isinstance(model, ResNet):
-    return _resnet_deep_stem_key if model.stem == 'deep' else _resnet_module_key
-  raise NotImplementedError(
-      f'No timm key layout for {type(model).__name__}')
-
-
 def timm_layout(name: str, num_classes: int = 1000) -> dict[str, _Leaf]:
   """timm key -> Flax leaf description for the registered model `name`."""
+  layout = key_layout(name)
   model = registry.create_model(name, num_classes=num_classes)
-  legacy = _is_legacy_layout(name)
-  module_key = _module_key_fn(model)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+      lambda: model.init(jax.random.key(0),
+                         jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
                          train=False))
-  layout = {}
+  leaves = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(dict(shapes))[0]:
     collection, *names = [k.key for k in path]
     names = tuple(names)
+    # Every conv (IRv2's biased 1x1 `conv2d`, VGG's 7x7 `fc1` and 1x1 `fc2`
+    # included) is a 4-D Conv2d kernel here; only Dense kernels are 2-D, and
+    # those of an SE unit are 1x1 convs in timm.
     if len(leaf.shape) == 4:
       kind = 'conv'
     elif len(leaf.shape) == 2:
-      kind = 'se_fc' if 'se' in names else 'linear'
+      kind = 'se_fc' if _in_se(names) else 'linear'
     else:
       kind = 'vector'
-    key = f'{module_key(names[:-1], legacy)}.{_PARAM_SUFFIX[names[-1]]}'
-    layout[key] = _Leaf(collection, names, tuple(leaf.shape), kind)
-  return layout
-
-
-def _classifier_key(name: str) -> str:
-  return 'last_linear.weight' if _is_legacy_layout(name) else 'fc.weight'
+    if names[:-1] == ('fc',):
+      module = layout.classifier
+    else:
+      module = layout.module_key(names[:-1])
+    key = f'{module}.{_PARAM_SUFFIX[names[-1]]}'
+    leaves[key] = _Leaf(collection, names, tuple(leaf.shape), kind)
+  return leaves
 
 
 def _to_numpy(x) -> np.ndarray:
   if hasattr(x, 'detach'):  # A torch tensor, without importing torch.
     x = x.detach().cpu().numpy()
   return np.asarray(x)
-
-
-def _layout_hint(name: str, keys) -> str:
-  has_legacy = any(m in k or k.startswith(m) for k in keys
-                   for m in _LEGACY_MARKERS)
-  if has_legacy and not _is_legacy_layout(name):
-    return (f'\nThese are timm senet.py (legacy/Caffe) keys, but {name!r} is '
-            'a torchvision-style network (stride on the 3x3, padded max '
-            'pool): the weights would load and compute a different function. '
-            'Use the matching legacy_* model.')
-  if not has_legacy and _is_legacy_layout(name):
-    return (f'\nThese look like timm resnet.py keys, but {name!r} is a '
-            'Caffe-style (legacy) network: use the matching timm-style model '
-            '(e.g. seresnet50 instead of legacy_seresnet50).')
-  return ''
 
 
 def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -159,13 +274,16 @@ def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
 
   Raises:
     ValueError: listing missing keys, unexpected keys and shape mismatches.
+    NotImplementedError: `name` has no timm counterpart (`key_layout`).
   """
   state = {k: v for k, v in state_dict.items()
            if not k.endswith('num_batches_tracked')}
-  classifier = _classifier_key(name)
+  key_names = key_layout(name)
+  hint = key_names.hint(state) if key_names.hint else ''
+  classifier = f'{key_names.classifier}.weight'
   if classifier not in state:
     raise ValueError(f'{name}: no classifier weight {classifier!r} in the '
-                     f'state dict.{_layout_hint(name, state)}')
+                     f'state dict.{hint}')
   num_classes = int(np.shape(state[classifier])[0])
   layout = timm_layout(name, num_classes)
   missing = sorted(set(layout) - set(state))
@@ -182,7 +300,7 @@ def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
       if items:
         shown = ', '.join(items[:20]) + (' ...' if len(items) > 20 else '')
         parts.append(f'  {len(items)} {title}: {shown}')
-    raise ValueError('\n'.join(parts) + _layout_hint(name, state))
+    raise ValueError('\n'.join(parts) + hint)
   variables: dict[str, Any] = {}
   for key, leaf in layout.items():
     node = variables.setdefault(leaf.collection, {})

@@ -3,14 +3,18 @@
 `SqueezeExcite` is the paper's SE unit. The other layers exist because Flax's
 defaults differ from the reference networks: Flax's 'SAME' padding is
 asymmetric for stride 2 on even inputs, Caffe max pooling rounds the output
-size up, and PyTorch BatchNorm momentum 0.1 is Flax momentum 0.9.
+size up, Caffe's average pooling counts the padding (timm's IRv2 does not
+in one place), PyTorch's adaptive pooling has its own bins, and PyTorch
+BatchNorm momentum 0.1 is Flax momentum 0.9.
 """
 
-from typing import Any, Callable, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Dtype = Any
@@ -32,22 +36,64 @@ def make_divisible(value: float, divisor: int = 8,
   return max(min_value, int(value + divisor / 2) // divisor * divisor)
 
 
-class Conv2d(nn.Module):
-  """2-D convolution with PyTorch/Caffe's symmetric padding `k // 2`.
+Padding = Union[None, int, Tuple[int, int],
+                Tuple[Tuple[int, int], Tuple[int, int]]]
 
-  Kernel layout HWIO `(k, k, C_in / groups, features)`, input/output NHWC.
+
+def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
+  if isinstance(value, int):
+    return value, value
+  value = tuple(int(v) for v in value)
+  if len(value) != 2:
+    raise ValueError(f'expected an int or a pair, got {value}')
+  return value
+
+
+class Conv2d(nn.Module):
+  """2-D convolution with PyTorch/Caffe's explicit (default symmetric) padding.
+
+  Kernel layout HWIO `(kh, kw, C_in / groups, features)`, input/output NHWC.
   Ungrouped 1x1 convolutions run as a matrix product: the same function,
   but XLA's CPU backend runs it several times faster than `conv_general`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: `k` (square) or `(kh, kw)`, e.g. Inception's (1, 7).
+    strides: the same stride on both axes.
+    groups: `feature_group_count`; `groups == C_in` is a depthwise conv.
+    padding: None: `kh // 2` rows and `kw // 2` columns on each side (what
+      PyTorch's `padding=k // 2` and Caffe's `pad` do; never Flax 'SAME',
+      which pads stride-2 convs asymmetrically); an int `p`: `p` on every
+      side; `(ph, pw)`: per axis, symmetric; `((top, bottom), (left,
+      right))`: explicit.
+    use_bias: add a bias (Caffe's default, VGG, IRv2's residual 1x1).
   """
   features: int
-  kernel_size: int
+  kernel_size: Union[int, Tuple[int, int]]
   strides: int = 1
   groups: int = 1
-  padding: Optional[int] = None  # None: k // 2 on every side.
+  padding: Padding = None
   use_bias: bool = False
   kernel_init: Callable = he_normal
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
+
+  @property
+  def kernel_shape(self) -> Tuple[int, int]:
+    """`(kh, kw)`."""
+    return _pair(self.kernel_size)
+
+  def explicit_padding(self) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """`((top, bottom), (left, right))` from the `padding` field."""
+    if self.padding is None:
+      kh, kw = self.kernel_shape
+      return (kh // 2, kh // 2), (kw // 2, kw // 2)
+    if isinstance(self.padding, int):
+      return (self.padding,) * 2, (self.padding,) * 2
+    first, second = self.padding
+    if isinstance(first, int) and isinstance(second, int):
+      return (first, first), (second, second)
+    return _pair(first), _pair(second)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -56,24 +102,23 @@ class Conv2d(nn.Module):
       raise ValueError(
           f'{self.name}: channels in={in_features}, out={self.features} must '
           f'be divisible by groups={self.groups}')
-    k = self.kernel_size
+    kh, kw = self.kernel_shape
     kernel = self.param('kernel', self.kernel_init,
-                        (k, k, in_features // self.groups, self.features),
+                        (kh, kw, in_features // self.groups, self.features),
                         self.param_dtype)
     bias = (self.param('bias', nn.initializers.zeros, (self.features,),
                        self.param_dtype) if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    pad = k // 2 if self.padding is None else self.padding
-    if k == 1 and self.groups == 1 and pad == 0:
+    pads = self.explicit_padding()
+    if (kh, kw) == (1, 1) and self.groups == 1 and pads == ((0, 0), (0, 0)):
       if self.strides > 1:
         x = x[:, ::self.strides, ::self.strides, :]
       y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
     else:
       y = lax.conv_general_dilated(
           x, kernel, window_strides=(self.strides, self.strides),
-          padding=((pad, pad), (pad, pad)),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+          padding=pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
           feature_group_count=self.groups)
     if bias is not None:
       y = y + bias
@@ -95,9 +140,50 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
 
 def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
                     padding: int = 1) -> jax.Array:
-  """torchvision-style max pooling with symmetric -inf padding (NHWC)."""
+  """torchvision-style max pooling with symmetric -inf padding (NHWC).
+
+  Floor mode; `padding=0` is PyTorch's plain `MaxPool2d(window, stride)`.
+  """
   pad = ((padding, padding), (padding, padding))
   return nn.max_pool(x, (window, window), (stride, stride), padding=pad)
+
+
+def avg_pool(x: jax.Array, window: int = 3, stride: int = 1,
+             padding: int = 1, count_include_pad: bool = True) -> jax.Array:
+  """Average pooling with symmetric zero padding (NHWC), floor mode.
+
+  `count_include_pad=True` divides every window by `window ** 2` (Caffe's
+  AVE pooling, PyTorch's default); False divides by the number of real
+  pixels in the window (timm Inception-ResNet-v2's `mixed_5b` pool). The
+  two differ only in windows that overlap the border.
+  """
+  pad = ((padding, padding), (padding, padding))
+  y = nn.avg_pool(x, (window, window), (stride, stride), padding=pad,
+                  count_include_pad=count_include_pad)
+  return y.astype(x.dtype)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: Tuple[int, int]) -> jax.Array:
+  """PyTorch's `adaptive_avg_pool2d` (NHWC): exact bins, any sizes.
+
+  Output bin `i` of an axis of length `n -> m` averages the inputs
+  `floor(i * n / m) <= j < ceil((i + 1) * n / m)`; bins may overlap (and
+  repeat inputs when upsampling, `m > n`).
+  """
+  def bins(n, m):
+    w = np.zeros((m, n), np.float32)
+    for i in range(m):
+      start, end = (i * n) // m, -(-((i + 1) * n) // m)
+      w[i, start:end] = 1.0 / (end - start)
+    return w
+
+  h, w = x.shape[1:3]
+  out_h, out_w = output_size
+  if (out_h, out_w) == (h, w):
+    return x
+  rows = jnp.asarray(bins(h, out_h), x.dtype)
+  cols = jnp.asarray(bins(w, out_w), x.dtype)
+  return jnp.einsum('oh,nhwc,pw->nopc', rows, x, cols)
 
 
 def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
@@ -194,6 +280,23 @@ def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
   return lambda name, scale_init=nn.initializers.ones: nn.BatchNorm(
       use_running_average=not train, momentum=momentum, epsilon=epsilon,
       dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+
+
+def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
+              param_dtype: Dtype, bn_momentum: float = BN_MOMENTUM,
+              bn_epsilon: float = BN_EPSILON):
+  """The `(conv, norm, se)` factories a model builds once and passes down.
+
+  Each carries the compute dtype and parameter dtype; `norm` also the BN
+  mode (`use_running_average=not train`), momentum and epsilon; `se` is
+  None for the plain network.
+  """
+  conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype)
+  norm = batch_norm(train, momentum=bn_momentum, epsilon=bn_epsilon,
+                    dtype=dtype, param_dtype=param_dtype)
+  if se is not None:
+    se = functools.partial(se, dtype=dtype, param_dtype=param_dtype)
+  return conv, norm, se
 
 
 def check_nhwc(x: jax.Array, where: str, channels: Sequence[int] = (3,)):

@@ -1,13 +1,11 @@
-"""timm <-> Flax key layouts, beyond what the golden logits exercise.
-
-The golden fixtures list timm's own keys and shapes: every timm-backed model
-must produce exactly that list, which is checked here without drawing the
-(large) weights. Numerical equality is test_golden.py's job.
-"""
+"""timm <-> Flax conversion of the ResNet family: layouts, round trips and
+refusals."""
 
 import json
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,73 +15,83 @@ from se_flax import convert, testing
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures' / 'golden'
 
 
-def _timm_keys(name):
+def _timm_state(name):
   meta = json.loads((FIXTURES / f'{name}.json').read_text())
-  return {k: tuple(shape) for k, shape, _ in meta['keys']
-          if not k.endswith('num_batches_tracked')}
+  return testing.random_state_dict(meta['keys'], meta['seed'])
 
 
-@pytest.mark.parametrize('name', ['inception_resnet_v2', 'vgg16_bn',
-                                  'mobilenetv1_100', 'seresnet18',
-                                  'legacy_seresnet18'])
-def test_layout_is_timms_key_list(name):
-  layout = convert.timm_layout(name)
-  assert {k: leaf.torch_shape for k, leaf in layout.items()} == (
-      _timm_keys(name))
-
-
-def test_4d_convs_are_not_taken_for_se_fcs():
-  # IRv2's residual 1x1 `conv2d` (bias, no BN) and VGG's head convs are
-  # convs in both frameworks; only 2-D Dense kernels under `se` are the
-  # (out, in, 1, 1) SE FCs of timm.
-  irv2 = convert.timm_layout('inception_resnet_v2')
-  assert irv2['repeat.0.conv2d.weight'].kind == 'conv'
-  assert irv2['repeat.0.conv2d.weight'].torch_shape == (320, 128, 1, 1)
-  assert irv2['classif.weight'].kind == 'linear'
-  vgg = convert.timm_layout('vgg16_bn')
-  assert vgg['pre_logits.fc1.weight'].torch_shape == (4096, 512, 7, 7)
-  assert vgg['pre_logits.fc2.weight'].kind == 'conv'
-  assert vgg['head.fc.weight'].kind == 'linear'
-  se = convert.timm_layout('seresnet18')
-  assert se['layer1.0.se.fc1.weight'].kind == 'se_fc'
-  assert se['fc.weight'].kind == 'linear'
-
-
-def test_mobilenet_round_trip_and_num_classes():
-  keys = [(k, s, 'float32') for k, s in _timm_keys('mobilenetv1_100').items()]
-  keys = [(k, (10, 1024) if k == 'classifier.weight' else
-           (10,) if k == 'classifier.bias' else s, d) for k, s, d in keys]
-  state = testing.random_state_dict(keys, seed=3)
-  variables = convert.from_timm(state, 'mobilenetv1_100')
-  assert variables['params']['fc']['kernel'].shape == (1024, 10)
-  back = convert.to_timm(variables, 'mobilenetv1_100')
-  assert back.pop('bn1.num_batches_tracked') == 0
-  back = {k: v for k, v in back.items()
-          if not k.endswith('num_batches_tracked')}
+@pytest.mark.parametrize('name', ['legacy_seresnet18', 'seresnet50',
+                                  'senet154'])
+def test_round_trip_is_lossless(name):
+  state = _timm_state(name)
+  variables = convert.from_timm(state, name)
+  back = convert.to_timm(variables, name)
   assert set(back) == set(state)
   for key, value in state.items():
-    np.testing.assert_array_equal(back[key], value)
-  assert np.array_equal(
-      variables['params']['stage1_block0']['conv_dw']['kernel'],
-      state['blocks.1.0.conv_dw.weight'].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert back[key].dtype == value.dtype
 
 
-@pytest.mark.parametrize('name,match', [
-    ('bn_inception', 'timm has no BNInception'),
-    ('shufflenet_g3', 'timm has no ShuffleNetV1'),
-    ('se_vgg16_bn', 'no SE variant of VGG'),
-    ('se_mobilenetv1_100', 'no SE variant of MobileNetV1'),
-    ('se_inception_resnet_v2', 'no SE variant of InceptionResNetV2')])
-def test_models_without_a_timm_twin_are_refused(name, match):
-  assert name in se_flax.list_models()
-  with pytest.raises(NotImplementedError, match=match):
-    convert.from_timm({}, name)
+def test_layouts():
+  state = _timm_state('legacy_seresnet50')
+  v = convert.from_timm(state, 'legacy_seresnet50')
+  p, s = v['params'], v['batch_stats']
+  w = state['layer2.0.conv2.weight']  # (128, 128, 3, 3) OIHW.
+  np.testing.assert_array_equal(p['stage2_block0']['conv2']['kernel'],
+                                w.transpose(2, 3, 1, 0))
+  fc1 = state['layer2.0.se_module.fc1.weight']  # (32, 512, 1, 1).
+  np.testing.assert_array_equal(p['stage2_block0']['se']['fc1']['kernel'],
+                                fc1[:, :, 0, 0].T)
+  np.testing.assert_array_equal(p['fc']['kernel'],
+                                state['last_linear.weight'].T)
+  np.testing.assert_array_equal(s['stem']['bn1']['var'],
+                                state['layer0.bn1.running_var'])
+  assert p['stage2_block0']['downsample_conv']['kernel'].shape == (
+      1, 1, 256, 512)
 
 
-def test_wrong_family_keys_fail_without_a_resnet_hint():
-  state = {k: np.zeros(s, np.float32)
-           for k, s in _timm_keys('mobilenetv1_100').items()}
-  with pytest.raises(ValueError, match="no classifier weight 'head.fc"
-                     ) as error:
-    convert.from_timm(state, 'vgg16_bn')
-  assert 'legacy' not in str(error.value)
+def test_num_classes_comes_from_the_weights():
+  model = se_flax.create_model('seresnet_tiny', num_classes=7)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  state = convert.to_timm(variables, 'seresnet_tiny')
+  assert state['fc.weight'].shape == (7, 128)
+  back = convert.from_timm(state, 'seresnet_tiny')
+  assert back['params']['fc']['kernel'].shape == (128, 7)
+
+
+def test_legacy_checkpoint_is_refused_by_the_torchvision_model():
+  state = _timm_state('legacy_seresnet50')
+  with pytest.raises(ValueError, match='legacy.*different function'):
+    convert.from_timm(state, 'seresnet50')
+  # The reverse: same shapes after a rename, still refused.
+  with pytest.raises(ValueError, match='timm resnet.py keys'):
+    convert.from_timm(_timm_state('seresnet50'), 'legacy_seresnet50')
+
+
+def test_mismatch_lists_missing_unexpected_and_shapes():
+  state = dict(_timm_state('seresnet18'))
+  del state['layer1.0.conv1.weight']
+  state['layer9.0.conv1.weight'] = np.zeros((1,), np.float32)
+  state['layer1.1.se.fc1.weight'] = np.zeros((4, 64, 1, 1), np.float32)
+  with pytest.raises(ValueError) as err:
+    convert.from_timm(state, 'seresnet18')
+  text = str(err.value)
+  assert '1 missing keys: layer1.0.conv1.weight' in text
+  assert '1 unexpected keys: layer9.0.conv1.weight' in text
+  # timm's seresnet18 rounds layer1's SE width up to 8 (senet_spec §5.5).
+  assert 'layer1.1.se.fc1.weight: got (4, 64, 1, 1), expected (8, 64, 1, 1)' \
+      in text
+
+
+def test_safetensors_file(tmp_path):
+  from safetensors.numpy import save_file
+  state = _timm_state('legacy_seresnet18')
+  path = str(tmp_path / 'weights.safetensors')
+  save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
+  model, variables = convert.load_timm_checkpoint(path, 'legacy_seresnet18')
+  assert model.num_classes == 1000
+  np.testing.assert_array_equal(
+      variables['params']['fc']['kernel'], state['last_linear.weight'].T)
+  with pytest.raises(FileNotFoundError):
+    convert.load_state_dict(str(tmp_path / 'missing.safetensors'))

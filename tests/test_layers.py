@@ -124,3 +124,55 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
       feature_group_count=groups)
   np.testing.assert_allclose(conv.apply(variables, x), expected,
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('kernel,padding,expected_pads', [
+    ((1, 7), None, ((0, 0), (3, 3))),
+    ((3, 1), None, ((1, 1), (0, 0))),
+    (3, 0, ((0, 0), (0, 0))),
+    (5, (1, 2), ((1, 1), (2, 2))),
+    ((3, 3), ((0, 1), (2, 0)), ((0, 1), (2, 0)))])
+def test_conv_rectangular_kernels_and_explicit_padding(kernel, padding,
+                                                       expected_pads):
+  x = jax.random.normal(jax.random.key(8), (1, 9, 10, 4))
+  conv = layers.Conv2d(6, kernel, padding=padding, use_bias=True)
+  assert conv.explicit_padding() == expected_pads
+  variables = conv.init(jax.random.key(0), x)
+  kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+  assert variables['params']['kernel'].shape == (kh, kw, 4, 6)
+  expected = jax.lax.conv_general_dilated(
+      x, variables['params']['kernel'], (1, 1), expected_pads,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(
+      conv.apply(variables, x), expected + variables['params']['bias'],
+      rtol=1e-5, atol=1e-5)
+
+
+def test_avg_pool_counts_padding_or_not():
+  x = jnp.ones((1, 3, 3, 1))
+  # Caffe AVE / PyTorch default: zero padding is in the divisor.
+  with_pad = layers.avg_pool(x, 3, 1, padding=1, count_include_pad=True)
+  np.testing.assert_allclose(with_pad[0, :, :, 0],
+                             [[4 / 9, 6 / 9, 4 / 9], [6 / 9, 1, 6 / 9],
+                              [4 / 9, 6 / 9, 4 / 9]], rtol=1e-6)
+  # timm IRv2 mixed_5b: only real pixels count, so a constant stays put.
+  without = layers.avg_pool(x, 3, 1, padding=1, count_include_pad=False)
+  np.testing.assert_allclose(without, x, rtol=1e-6)
+  assert layers.avg_pool(x.astype(jnp.bfloat16), 3, 1,
+                         count_include_pad=False).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('size,out', [(2, 7), (3, 7), (10, 7), (7, 7), (9, 4)])
+def test_adaptive_avg_pool_uses_pytorch_bins(size, out):
+  x = jax.random.normal(jax.random.key(9), (2, size, size + 1, 3))
+  y = layers.adaptive_avg_pool(x, (out, out + 1))
+  assert y.shape == (2, out, out + 1, 3)
+
+  def bin_(i, n, m):  # torch: [floor(i n / m), ceil((i + 1) n / m)).
+    return slice(int(np.floor(i * n / m)), int(np.ceil((i + 1) * n / m)))
+
+  for i in range(out):
+    for j in range(out + 1):
+      window = x[:, bin_(i, size, out), bin_(j, size + 1, out + 1)]
+      np.testing.assert_allclose(y[:, i, j], window.mean((1, 2)), rtol=1e-5,
+                                 atol=1e-6)

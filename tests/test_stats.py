@@ -1,8 +1,9 @@
 """Parameter and MAC counts against senet_spec.md §2 and the paper."""
 
+import flax.linen as nn
 import pytest
 
-from se_flax import model_stats
+from se_flax import layers, model_stats
 
 # (params, SE params, MACs at 224, SE MACs, BN running statistics).
 SPEC_TABLE = {
@@ -115,3 +116,19 @@ def test_stats_at_other_sizes_scale_spatially():
   fc = 2048 * 1000
   assert s448.macs - fc == 4 * (s224.macs - fc)
   assert s448.params == s224.params
+
+
+class _RectangularNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, *, train):
+    del train
+    x = layers.Conv2d(8, (1, 7), name='a')(x)
+    return layers.Conv2d(4, (3, 1), 2, groups=2, name='b')(x)
+
+
+def test_rectangular_kernel_macs():
+  # out.size * C_in / groups * kh * kw: 32x32x8 * 3*1*7, 16x16x4 * 4*3*1.
+  s = model_stats(_RectangularNet(), 32)
+  assert s.macs == 32 * 32 * 8 * 3 * 7 + 16 * 16 * 4 * 4 * 3
+  assert s.params == 7 * 3 * 8 + 3 * 4 * 4

@@ -8,12 +8,21 @@ from typing import Any, Callable, Mapping, Optional, Union
 import flax.linen as nn
 
 from se_flax.layers import SqueezeExcite
-from se_flax.models import resnet
+from se_flax.models import inception, mobilenet, resnet, shufflenet, vgg
 
 # name -> (module class, its fields). `se` is a dict of SqueezeExcite fields.
-_FAMILIES = ((resnet.ResNet, resnet.CONFIGS),)
+_FAMILIES = (
+    (resnet.ResNet, resnet.CONFIGS),
+    (inception.BNInception, inception.BN_INCEPTION_CONFIGS),
+    (inception.InceptionResNetV2, inception.INCEPTION_RESNET_V2_CONFIGS),
+    (vgg.VGG, vgg.CONFIGS),
+    (mobilenet.MobileNetV1, mobilenet.CONFIGS),
+    (shufflenet.ShuffleNetV1, shufflenet.CONFIGS),
+)
 _MODELS = {name: (cls, fields) for cls, configs in _FAMILIES
            for name, fields in configs.items()}
+if len(_MODELS) != sum(len(configs) for _, configs in _FAMILIES):
+  raise ValueError('Two families register the same model name')
 
 SESpec = Union[None, bool, Mapping[str, Any], Callable[..., nn.Module]]
 

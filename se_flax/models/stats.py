@@ -2,7 +2,8 @@
 
 MACs count convolutions (`out.size * C_in / groups * kh * kw`) and dense
 layers (`out.size * in_features`), SE FCs included; BN, activations,
-pooling, the SE scale and residual adds are not counted. Parameters count
+pooling, the SE scale and residual adds are not counted (the SE scale's
+multiplies are reported separately as `se_scale_ops`). Parameters count
 `params` only (BN running statistics are reported separately).
 """
 
@@ -25,6 +26,9 @@ class ModelStats:
   se_params: int
   se_macs: int
   batch_stats: int
+  # Elements multiplied by an SE gate (not in `macs`). The paper's SE
+  # GFLOPs/MFLOPs (Tables 2, 3) are consistent with `macs + se_scale_ops`.
+  se_scale_ops: int = 0
 
   @property
   def gmacs(self) -> float:
@@ -49,16 +53,19 @@ def model_stats(model: Union[str, nn.Module], image_size: int = 224,
     from se_flax.models.registry import create_model
     model = create_model(model, **create_kwargs)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  macs = {'total': 0, 'se': 0}
+  macs = {'total': 0, 'se': 0, 'se_scale': 0}
 
   def count_macs(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     module = context.module
     if context.method_name != '__call__':
       return out
+    if isinstance(module, layers.SqueezeExcite):
+      macs['se_scale'] += out.size  # One multiply per gated element.
+      return out
     if isinstance(module, layers.Conv2d):
-      k = module.kernel_size
-      n = out.size * args[0].shape[-1] // module.groups * k * k
+      kh, kw = module.kernel_shape
+      n = out.size * args[0].shape[-1] // module.groups * kh * kw
     elif isinstance(module, nn.Dense):
       n = out.size * args[0].shape[-1]
     else:
@@ -79,16 +86,17 @@ def model_stats(model: Union[str, nn.Module], image_size: int = 224,
                       if _in_se(tuple(getattr(k, 'key', '') for k in path))])
   return ModelStats(params=_count(params), macs=macs['total'],
                     se_params=se_params, se_macs=macs['se'],
-                    batch_stats=_count(variables.get('batch_stats', {})))
+                    batch_stats=_count(variables.get('batch_stats', {})),
+                    se_scale_ops=macs['se_scale'])
 
 
 def format_table(names, image_size: int = 224) -> str:
   """A markdown table of parameters and MACs for the registered `names`."""
-  rows = ['| Model | Params | of which SE | MACs | of which SE | BN stats |',
-          '|---|---:|---:|---:|---:|---:|']
+  rows = ['| Model | Params | of which SE | MACs | of which SE | BN stats | '
+          'SE scale ops |', '|---|---:|---:|---:|---:|---:|---:|']
   for name in names:
     s = model_stats(name, image_size)
     rows.append(f'| {name} | {s.params:,} | {s.se_params:,} | {s.macs:,} | '
-                f'{s.se_macs:,} | {s.batch_stats:,} |')
+                f'{s.se_macs:,} | {s.batch_stats:,} | {s.se_scale_ops:,} |')
   return '\n'.join(rows)
 
