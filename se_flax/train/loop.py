@@ -95,16 +95,31 @@ def _write_config(config, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def create_state(config, model, tx, image_size: int, mesh) -> TrainState:
-  """Initialises the replicated state directly on the devices."""
+def _init_fn(config, model, tx, image_size: int):
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init(params_rng, x, train=False)
     return TrainState.create(variables, tx, state_rng,
                              use_ema=config.ema_decay > 0)
-  init = jax.jit(init, out_shardings=sharding.replicated(mesh))
+  return init
+
+
+def create_state(config, model, tx, image_size: int, mesh) -> TrainState:
+  """Initialises the replicated state directly on the devices."""
+  init = jax.jit(_init_fn(config, model, tx, image_size),
+                 out_shardings=sharding.replicated(mesh))
   return init(jax.random.PRNGKey(config.seed))
+
+
+def abstract_state(config, model, tx, image_size: int, mesh) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state; no compute."""
+  shapes = jax.eval_shape(_init_fn(config, model, tx, image_size),
+                          jax.random.PRNGKey(config.seed))
+  replicated = sharding.replicated(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      shapes)
 
 
 def _steps_per_epoch(config, inputs: Inputs) -> int:
@@ -191,12 +206,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
                                 async_save=config.async_checkpoints)
-  state = create_state(config, model, tx, inputs.image_size, mesh)
-  if ckpt.latest_step() is not None:
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        state)
-    state, meta = ckpt.restore(abstract)
+  if ckpt.latest_step() is None:
+    state = create_state(config, model, tx, inputs.image_size, mesh)
+  else:
+    state, meta = ckpt.restore(
+        abstract_state(config, model, tx, inputs.image_size, mesh))
     logging.info('Resumed from step %d (%s)', int(state.step), meta)
   start_step = int(state.step)
 
