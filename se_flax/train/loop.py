@@ -6,6 +6,7 @@ into small functions; the loop itself only steps, logs, evaluates, saves.
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import time
@@ -136,7 +137,8 @@ def _meta(config, step: int) -> dict:
   # The data position is a function of (seed, step, global batch).
   return {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
           'examples_seen': step * config.batch_size,
-          'model': config.model.name}
+          'model': config.model.name,
+          'config': json.loads(config.to_json_best_effort())}
 
 
 def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
