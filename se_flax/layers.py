@@ -9,6 +9,7 @@ BatchNorm momentum 0.1 is Flax momentum 0.9.
 """
 
 import functools
+import os
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -47,6 +48,67 @@ def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
   if len(value) != 2:
     raise ValueError(f'expected an int or a pair, got {value}')
   return value
+
+
+# How Conv2d computes (read at trace time): 'auto' uses the CPU
+# formulations below when `jax.default_backend() == 'cpu'` and plain XLA
+# ops elsewhere; 'xla' uses plain XLA ops everywhere (forward-mode autodiff
+# through Conv2d needs it on CPU, the custom VJPs being reverse-mode only).
+CONV_IMPL = os.environ.get('SE_FLAX_CONV_IMPL', 'auto')
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+# Contract the leading (N, H, W) axes of two NHWC arrays: weight gradients.
+_CONTRACT_NHW = (((0, 1, 2), (0, 1, 2)), ((), ()))
+
+
+def _cpu_formulation() -> bool:
+  if CONV_IMPL not in ('auto', 'xla'):
+    raise ValueError(f"SE_FLAX_CONV_IMPL must be 'auto' or 'xla', got "
+                     f'{CONV_IMPL!r}')
+  return CONV_IMPL == 'auto' and jax.default_backend() == 'cpu'
+
+
+def _conv(x, kernel, strides, padding, groups=1):
+  return lax.conv_general_dilated(
+      x, kernel, window_strides=(strides, strides), padding=padding,
+      dimension_numbers=_NHWC, feature_group_count=groups)
+
+
+def _matmul(x, kernel2d):
+  """`x @ kernel2d` over the channel axis: an unpadded 1x1 convolution."""
+  return lax.dot_general(x, kernel2d, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+# XLA's CPU backend runs a product that contracts the leading (N, H, W) axes
+# of two NHWC arrays (a weight gradient) by first copying the left operand
+# into (C, N*H*W) order; JAX's own transpose rule always puts the incoming
+# gradient there. The CPU rule below copies the operand with fewer
+# channels, and only after it is materialised: left alone, XLA fuses the
+# elementwise work that produced it (BN backward, the SE-scaled residual
+# sum) into the transposing copy and redoes it there, in transposed order.
+
+
+@jax.custom_vjp
+def _matmul_cpu(x, kernel2d):
+  return _matmul(x, kernel2d)
+
+
+def _matmul_cpu_fwd(x, kernel2d):
+  return _matmul(x, kernel2d), (x, kernel2d)
+
+
+def _matmul_cpu_bwd(res, g):
+  x, kernel2d = res
+  g = lax.optimization_barrier(g)
+  dx = lax.dot_general(g, kernel2d, (((g.ndim - 1,), (1,)), ((), ())))
+  if x.shape[-1] <= g.shape[-1]:
+    dk = lax.dot_general(x, g, _CONTRACT_NHW)
+  else:
+    dk = lax.dot_general(g, x, _CONTRACT_NHW).T
+  return dx.astype(x.dtype), dk.astype(kernel2d.dtype)
+
+
+_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
 
 
 class Conv2d(nn.Module):
@@ -111,15 +173,15 @@ class Conv2d(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
     pads = self.explicit_padding()
+    cpu = _cpu_formulation()
     if (kh, kw) == (1, 1) and self.groups == 1 and pads == ((0, 0), (0, 0)):
+      if cpu:  # Materialise x once (see _matmul_cpu_bwd).
+        x = lax.optimization_barrier(x)
       if self.strides > 1:
         x = x[:, ::self.strides, ::self.strides, :]
-      y = lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+      y = (_matmul_cpu if cpu else _matmul)(x, kernel[0, 0])
     else:
-      y = lax.conv_general_dilated(
-          x, kernel, window_strides=(self.strides, self.strides),
-          padding=pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          feature_group_count=self.groups)
+      y = _conv(x, kernel, self.strides, pads, self.groups)
     if bias is not None:
       y = y + bias
     return y

@@ -1,0 +1,187 @@
+"""The throughput benchmark: FLOP convention, modes, HLO checks, no TF.
+
+Timings are not asserted (they are benchmarks, not tests); the tests check
+that each mode runs end to end on tiny inputs and reports what it claims.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from se_flax import benchmark
+from se_flax.models import registry
+from se_flax.models.stats import model_stats
+
+TINY = dict(model='seresnet_tiny', batch=8, image_size=32, dtype='fp32')
+
+
+def test_flop_convention_is_six_macs_per_train_image():
+  model = registry.create_model('seresnet_tiny')
+  macs = model_stats(model, 32).macs
+  flops = benchmark.flops_per_image(model, 32)
+  assert flops == {'macs': macs, 'infer': 2 * macs, 'train': 6 * macs}
+  assert benchmark.TRAIN_FLOPS_PER_FORWARD == 3
+  # The MFU numerator: model FLOPs of the images of one step, per second
+  # and per device, over the measured peak.
+  v = benchmark.Variant(label='x', framework='jax', kind='train', batch=8,
+                        run=lambda n: None, devices=2,
+                        flops_per_image=flops['train'],
+                        times=[0.5, 0.25, 1.0])
+  s = benchmark.summarize(v, peak=1e9)
+  assert s['images_per_s'] == pytest.approx(16.0)  # Median step 0.5 s.
+  assert s['images_per_s_per_device'] == pytest.approx(8.0)
+  assert s['mfu'] == pytest.approx(8.0 * 6 * macs / 1e9)
+  assert (s['step_ms_min'], s['step_ms_max']) == (250.0, 1000.0)
+
+
+def test_paired_ratio_is_per_round():
+  a = benchmark.Variant('a', 'jax', 'train', 1, lambda n: None,
+                        times=[2.0, 4.0, 3.0])
+  b = benchmark.Variant('b', 'jax', 'train', 1, lambda n: None,
+                        times=[1.0, 4.0, 2.0])
+  r = benchmark.paired_ratio(a, b)
+  assert r['time_ratio'] == pytest.approx(1.5)  # Median of 2, 1, 1.5.
+  assert (r['time_ratio_min'], r['time_ratio_max']) == (1.0, 2.0)
+
+
+def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
+  # The CLI in a fresh process: SE model and plain twin, train and
+  # inference, interleaved; then no TensorFlow module may be loaded.
+  out = tmp_path / 'bench.json'
+  code = textwrap.dedent(f"""
+      import sys
+      from se_flax import benchmark
+      benchmark.main(['--model', 'seresnet_tiny', '--batch', '8',
+                      '--image-size', '32', '--dtype', 'fp32',
+                      '--se-overhead', '--reps', '2', '--steps', '1',
+                      '--warmup', '1', '--peak-size', '64',
+                      '--json', {str(out)!r}])
+      tf = sorted(m for m in sys.modules if m.split('.')[0] in
+                  ('tensorflow', 'tensorflow_datasets'))
+      assert not tf, tf
+  """)
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert '| seresnet_tiny (SE off) | train |' in done.stdout
+  results = json.loads(out.read_text())
+  rows = {(v['label'], v['kind']): v for v in results['variants']}
+  assert set(rows) == {(m, k) for m in ('seresnet_tiny',
+                                        'seresnet_tiny (SE off)')
+                       for k in ('train', 'infer')}
+  for v in rows.values():
+    assert v['rounds'] == 2 and v['step_ms'] > 0 and v['compile_s'] > 0
+    assert v['host_transfers'] == []
+    assert 0 < v['mfu'] < 1
+  se, plain = rows['seresnet_tiny', 'train'], rows['seresnet_tiny (SE off)',
+                                                   'train']
+  assert se['flops_per_image'] > plain['flops_per_image']
+  # Every SE scale of the tiny model lands in its residual-add fusion.
+  assert se['se_fusion'] == {'se_blocks': 4, 'fused': 4}
+  assert plain['se_fusion'] == {'se_blocks': 0, 'fused': 0}
+  ratios = {(r['kind'], r['denominator']) for r in results['ratios']}
+  assert ratios == {('train', 'seresnet_tiny (SE off)'),
+                    ('infer', 'seresnet_tiny (SE off)')}
+
+
+def test_train_variant_steps_the_real_state():
+  v = benchmark.jax_variants('resnet_tiny', 8, 32, jnp.float32,
+                             kinds=('train',), keep_hlo=True)[0]
+  v.run(2)
+  v.run(1)
+  # Three steps through one Compiled executable (which cannot recompile),
+  # each donating the state it was given.
+  state = v.handle['state']
+  assert int(state.step) == 3
+  assert v.se_fusion == {'se_blocks': 0, 'fused': 0}
+  assert 'input_output_alias' in v.hlo  # Donated state buffers.
+
+
+def test_se_fusion_detects_a_materialised_scale():
+  def block(y, s, r, also_return_scaled):
+    with jax.named_scope('blk'):
+      with jax.named_scope('se'):
+        z = y * s[:, None, None, :]
+      out = jax.nn.relu(z + r)
+    return (out, z) if also_return_scaled else out
+  args = (jnp.ones((2, 4, 4, 8)), jnp.ones((2, 8)), jnp.ones((2, 4, 4, 8)))
+  for materialised, fused in ((False, 1), (True, 0)):
+    hlo = jax.jit(lambda *a: block(*a, materialised)).lower(*args).compile()
+    assert benchmark.se_fusion(hlo.as_text()) == {'se_blocks': 1,
+                                                   'fused': fused}
+
+
+_STUB_WORKER = r'''
+import json, sys, time
+args = json.loads(sys.argv[1])
+if args['model'] == 'missing':
+  print(json.dumps({'error': 'timm has no model missing'}), flush=True)
+  sys.exit(0)
+print(json.dumps({'ready': {'torch': 'stub', 'timm': 'stub', 'device': 'cpu',
+                            'threads': 1,
+                            'first_s': {k: 0.0 for k in args['kinds']}}}),
+      flush=True)
+for line in sys.stdin:
+  cmd = json.loads(line)
+  time.sleep(0.002 * cmd['steps'])
+  print(json.dumps({'wall_s': 0.0, 'cpu_s': 0.0, 'sys_s': 0.0, 'faults': 0}),
+        flush=True)
+'''
+
+
+def test_side_by_side_mode_drives_a_worker(monkeypatch):
+  # CI has no torch: a stub speaking the worker protocol stands in for it.
+  monkeypatch.setattr(benchmark, '_TORCH_WORKER', _STUB_WORKER)
+  monkeypatch.setattr(benchmark, 'torch_available', lambda python=None: True)
+  results = benchmark.run(**TINY, kinds=('infer',), timm=True,
+                          timm_model='seresnet18', se_overhead=True,
+                          reps=2, steps=2, warmup=1, peak_size=64)
+  labels = [(v['label'], v['framework']) for v in results['variants']]
+  assert labels == [('seresnet_tiny', 'jax'),
+                    ('seresnet_tiny (SE off)', 'jax'),
+                    ('timm seresnet18', 'torch'),
+                    ('timm resnet18', 'torch')]
+  pairs = {(r['numerator'], r['denominator']) for r in results['ratios']}
+  assert pairs == {('seresnet_tiny', 'seresnet_tiny (SE off)'),
+                   ('seresnet_tiny', 'timm seresnet18'),
+                   ('timm seresnet18', 'timm resnet18')}
+  torch_rows = [v for v in results['variants'] if v['framework'] == 'torch']
+  for v in torch_rows:
+    assert v['rounds'] == 2 and v['step_ms'] >= 2.0  # The stub sleeps.
+  assert 'time(seresnet_tiny) / time(timm seresnet18)' in (
+      benchmark.format_table(results))
+  # A name timm lacks is skipped with a note, not an error.
+  results = benchmark.run(**TINY, kinds=('infer',), timm=True,
+                          timm_model='missing', reps=1, steps=1, warmup=0,
+                          peak_size=64)
+  assert [v['framework'] for v in results['variants']] == ['jax']
+  assert any('missing' in n for n in results['notes'])
+
+
+def test_side_by_side_skipped_without_torch(monkeypatch):
+  monkeypatch.setattr(benchmark, 'torch_available', lambda python=None: False)
+  results = benchmark.run(**TINY, kinds=('infer',), timm=True, reps=1,
+                          steps=1, warmup=0, peak_size=64)
+  assert [v['framework'] for v in results['variants']] == ['jax']
+  assert any('skipped' in n for n in results['notes'])
+
+
+_TORCH_PYTHON = os.environ.get('SE_FLAX_TORCH_PYTHON')
+
+
+@pytest.mark.skipif(not (_TORCH_PYTHON or benchmark.torch_available()),
+                    reason='needs torch + timm (set SE_FLAX_TORCH_PYTHON)')
+def test_side_by_side_with_real_timm():
+  results = benchmark.run(**TINY, kinds=('train',), timm=True,
+                          timm_model='resnet18', torch_python=_TORCH_PYTHON,
+                          reps=2, steps=1, warmup=1, peak_size=64)
+  row = [v for v in results['variants'] if v['framework'] == 'torch'][0]
+  assert row['label'] == 'timm resnet18' and row['step_ms'] > 0
+  assert np.isfinite(results['ratios'][0]['time_ratio'])
