@@ -7,10 +7,12 @@
 
 What is timed, on every device JAX sees: the real training step
 (`steps.train_step` with `base_config()`'s SGD optimizer and schedule at
-this batch size, jitted as `train/loop.py` does: state replicated, batch
-sharded on the 'data' axis, state donated, `steps.compiler_options()`) and
-inference (`steps.eval_step`), on synthetic uint8 batches made on the
-devices. No input pipeline runs; TensorFlow is never imported.
+this batch size) and inference (`steps.eval_step`), both jitted by
+`loop.jit_steps` as training does (state replicated and donated, batch
+sharded on the 'data' axis, `steps.compiler_options()`), on synthetic
+uint8 batches made on the devices. No input pipeline runs; TensorFlow is
+never imported. On CPU, `main` first makes glibc keep freed memory
+(`keep_freed_memory`; `--glibc-malloc` to skip).
 
 Method: each variant is compiled ahead of time (compile time = `lower` +
 `compile`; a `Compiled` object cannot recompile, so a step whose state
@@ -42,6 +44,7 @@ and timm are not dependencies of se_flax; without them the mode is skipped.
 """
 
 import argparse
+import ctypes
 import dataclasses
 import functools
 import json
@@ -63,8 +66,38 @@ DTYPES = {'fp32': jnp.float32, 'float32': jnp.float32,
 NUM_CLASSES = 1000
 # FLOPs of a train step in forwards: 1 forward + 2 backward passes.
 TRAIN_FLOPS_PER_FORWARD = 3
+# The same setting as an environment variable, for other processes (it
+# has to be set before they start): see `keep_freed_memory`.
+MALLOC_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
+                   'glibc.malloc.trim_threshold=17179869184:'
+                   'glibc.malloc.top_pad=1073741824')
+# mallopt() parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 # Round-trip limit for one command to the torch worker.
 _WORKER_TIMEOUT_S = 3600
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc keep freed memory for reuse in this process; True if set.
+
+  XLA's CPU client allocates every call's temporaries anew (GiBs for a
+  ResNet-50 train step). By default glibc serves blocks that large with
+  `mmap` and unmaps them on `free`, so each step faults all its memory in
+  again (PERFORMANCE.md, entry 6). One arena, no `mmap`, no trimming: the
+  heap then grows to the step's size once and is reused. Call it before
+  JAX's first computation (arenas are picked when threads first allocate).
+  Host memory only: harmless but useless for GPU/TPU buffers. False where
+  the C library has no `mallopt` (not glibc).
+  """
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  # A trim threshold of -1 is SIZE_MAX: never trim (mallopt(3)).
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1),
+              (_M_TOP_PAD, 1 << 30))
+  return all(mallopt(param, value) == 1 for param, value in settings)
 
 
 def flops_per_image(model, image_size: int) -> Dict[str, int]:
@@ -188,19 +221,19 @@ def peak_device_memory() -> Optional[int]:
 # ------------------------------------------------------------ matmul peak
 
 
-def matmul_peak(dtype, size: Optional[int] = None, reps: int = 5,
-                calls: Optional[int] = None) -> Dict[str, float]:
-  """FLOP/s of a square `size`^3 matrix product on one device in `dtype`.
+def matmul_peak_variant(dtype, size: Optional[int] = None,
+                        calls: Optional[int] = None) -> 'Variant':
+  """A `Variant` whose step is one square `size`^3 product in `dtype`.
 
-  Random operands (never zeros), warmed up; the median over `reps` timings
-  of `calls` back-to-back products. float32 runs at full precision
+  On one device, random operands (never zeros); `run(n)` issues n * `calls`
+  products back to back and waits. float32 runs at full precision
   (`Precision.HIGHEST`: no TF32 on GPUs), as the model's float32 does.
   """
   backend = jax.default_backend()
   if size is None:
     size = 2048 if backend == 'cpu' else 8192
   if calls is None:
-    calls = 2 if backend == 'cpu' else 20
+    calls = 1 if backend == 'cpu' else 20
   device = jax.local_devices()[0]
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.device_put(jax.random.normal(ka, (size, size), jnp.float32)
@@ -211,16 +244,32 @@ def matmul_peak(dtype, size: Optional[int] = None, reps: int = 5,
                else jax.lax.Precision.DEFAULT)
   matmul = jax.jit(functools.partial(jnp.matmul, precision=precision))
   _sync(matmul(a, b))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    out = [matmul(a, b) for _ in range(calls)]
-    _sync(out)
-    times.append((time.perf_counter() - start) / calls)
-  flops = 2.0 * size ** 3
-  return {'size': size, 'seconds': _median(times),
-          'flops_per_s': flops / _median(times),
-          'flops_per_s_max': flops / min(times)}
+
+  def run(n: int):
+    _sync([matmul(a, b) for _ in range(n * calls)])
+
+  v = Variant(label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
+              framework='jax', kind='peak', batch=1, run=run,
+              flops_per_image=2.0 * size ** 3)
+  v.handle = {'size': size, 'calls': calls}
+  return v
+
+
+def peak_of(v: 'Variant') -> Dict[str, float]:
+  """FLOP/s of a timed `matmul_peak_variant` (median and best round)."""
+  calls = v.handle['calls']
+  median, best = _median(v.times) / calls, min(v.times) / calls
+  return {'size': v.handle['size'], 'seconds': median,
+          'flops_per_s': v.flops_per_image / median,
+          'flops_per_s_max': v.flops_per_image / best}
+
+
+def matmul_peak(dtype, size: Optional[int] = None, reps: int = 5,
+                calls: Optional[int] = None) -> Dict[str, float]:
+  """The matmul peak on its own (`run()` interleaves it with the models)."""
+  v = matmul_peak_variant(dtype, size, calls)
+  time_interleaved([v], reps, 1, warmup=1)
+  return peak_of(v)
 
 
 # --------------------------------------------------------------- variants
@@ -298,13 +347,12 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
                  compiler_options: Any = 'default') -> List[Variant]:
   """The se_flax train step and/or inference of one model, ready to time.
 
-  The state is built and the step jitted as `train/loop.py` does
-  (`create_state`, `train_fn`, `eval_fn`). `compiler_options`: 'default'
-  is `steps.compiler_options()`; None is XLA's defaults; or a dict.
+  The state and the jitted steps come from `train/loop.py`
+  (`create_state`, `jit_steps`), so this times what training runs.
+  `compiler_options`: as `loop.jit_steps`.
   """
   from se_flax.models import registry
-  from se_flax.train import optim, sharding, steps
-  from se_flax.train.state import TrainState
+  from se_flax.train import loop, optim, sharding
 
   devices = jax.device_count()
   if batch % devices:
@@ -319,22 +367,12 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
   label = label or (model_name if se else f'{model_name} (SE off)')
   flops = flops_per_image(model, image_size)
   mesh = sharding.create_mesh()
-  replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   schedule = optim.create_schedule(config, max(1, 1_281_167 // batch))
   tx = optim.create_optimizer(config, schedule)
-  if compiler_options == 'default':
-    compiler_options = steps.compiler_options()
-
-  def init(rng):  # loop.create_state
-    params_rng, state_rng = jax.random.split(rng)
-    x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    variables = model.init(params_rng, x, train=False)
-    return TrainState.create(variables, tx, state_rng,
-                             use_ema=config.ema_decay > 0)
-
-  state = jax.jit(init, out_shardings=replicated)(
-      jax.random.PRNGKey(config.seed))
+  train_fn, eval_fn = loop.jit_steps(config, model, tx, schedule, mesh,
+                                     compiler_options)
+  state = loop.create_state(config, model, tx, image_size, mesh)
   variants = []
   if 'infer' in kinds:
     # Evaluation gets its own copy: the train step donates the state.
@@ -342,11 +380,6 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
         jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats})
     batches = _synthetic_batches(batch, image_size, batch_sharding,
                                  seed=100, with_mask=True)
-    eval_fn = jax.jit(
-        functools.partial(steps.eval_step, model=model,
-                          dtype=jnp.dtype(dtype)),
-        in_shardings=(replicated, batch_sharding), out_shardings=replicated,
-        compiler_options=compiler_options)
     cell = {'i': 0}
 
     def run_infer(n: int, cell=cell, variables=variables, batches=batches):
@@ -363,15 +396,6 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
     variants.append(v)
   if 'train' in kinds:
     batches = _synthetic_batches(batch, image_size, batch_sharding)
-    train_fn = jax.jit(
-        functools.partial(
-            steps.train_step, model=model, tx=tx, schedule=schedule,
-            label_smoothing=config.label_smoothing,
-            ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
-            dtype=jnp.dtype(dtype)),
-        in_shardings=(replicated, batch_sharding),
-        out_shardings=(replicated, replicated), donate_argnums=0,
-        compiler_options=compiler_options)
     cell = {'state': state, 'i': 0}
 
     def run_train(n: int, cell=cell, batches=batches):
@@ -462,11 +486,13 @@ print(json.dumps({'ready': info}), flush=True)
 for line in sys.stdin:
   cmd = json.loads(line)
   step = steps[cmd['kind']]
-  r0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+  r0 = resource.getrusage(resource.RUSAGE_SELF)
+  c0, t0 = time.process_time(), time.perf_counter()
   for _ in range(cmd['steps']):
     step()
   sync()
-  t1, c1, r1 = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+  t1, c1 = time.perf_counter(), time.process_time()
+  r1 = resource.getrusage(resource.RUSAGE_SELF)
   print(json.dumps({'wall_s': t1 - t0, 'cpu_s': c1 - c0,
                     'sys_s': r1.ru_stime - r0.ru_stime,
                     'faults': r1.ru_minflt - r0.ru_minflt}), flush=True)
@@ -623,7 +649,7 @@ def format_table(results: dict) -> str:
       f"{args['image_size']} px {args['dtype']}; peak "
       f"{peak['flops_per_s'] / 1e12:.3f} TFLOP/s/device ({args['dtype']} "
       f"{peak['size']}^3 matmul); load {env['loadavg_before']} -> "
-      f"{env['loadavg_after']}", '',
+      f"{env['loadavg_after']}; malloc: {env['malloc']}", '',
       '| variant | kind | img/s | img/s/dev | step ms (min-max) | compile s '
       '| XLA GiB | TFLOP/s/dev | MFU |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|']
@@ -658,15 +684,17 @@ def format_table(results: dict) -> str:
     lines.append('SE scale fused into the residual add (blocks): '
                  + ', '.join(fusion))
   if env['backend'] == 'cpu':
-    lines.append('per step, process CPU s / system s / page faults: ' + '; '.join(
+    per_step = '; '.join(
         f"{s['label']} {s['kind']} {_fmt(s['cpu_s_per_step'], '.2f')} / "
         f"{_fmt(s['sys_s_per_step'], '.2f')} / "
         f"{_fmt(s['page_faults_per_step'], '.0f')}"
-        for s in results['variants']))
+        for s in results['variants'])
+    lines.append('per step, process CPU s / system s / page faults: '
+                 + per_step)
     if any((s['page_faults_per_step'] or 0) > 1e5 for s in jax_rows):
-      lines.append('many page faults per step: XLA maps fresh memory for '
-                   'every call; GLIBC_TUNABLES=glibc.malloc.hugetlb=1 cuts '
-                   'them (PERFORMANCE.md)')
+      lines.append('many page faults per step: glibc gives XLA fresh '
+                   'memory for every call; see keep_freed_memory and '
+                   'PERFORMANCE.md, entry 6')
   for note in results.get('notes', []):
     lines.append(note)
   return '\n'.join(lines)
@@ -679,10 +707,12 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
         reps: int = 5, steps: int = 5, warmup: int = 2,
         peak_size: Optional[int] = None, torch_compile: bool = False,
         keep_hlo: bool = False, model_overrides: Optional[dict] = None,
-        compiler_options: Any = 'default') -> dict:
+        compiler_options: Any = 'default',
+        malloc: str = 'not set by run()') -> dict:
   """Builds, times and summarises every requested variant; returns a dict.
 
-  Keys: 'env', 'args', 'peak' (the matmul), 'variants' (summaries), 'ratios'
+  Keys: 'env', 'args', 'peak' (the matmul, timed in the same rounds as the
+  models), 'variants' (summaries), 'ratios'
   (paired time ratios: SE / plain and se_flax / timm, per kind),
   'peak_device_memory', 'notes'. With `keep_hlo`, '_variants' holds the
   `Variant`s, with the optimized HLO of each compiled program.
@@ -692,7 +722,6 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
               timm_model=timm_model, reps=reps, steps=steps, warmup=warmup)
   jdtype = DTYPES[dtype]
   load_before = _loadavg()
-  peak = matmul_peak(jdtype, peak_size)
   roles: Dict[str, Dict[str, Variant]] = {}
   variants: List[Variant] = []
   notes: List[str] = []
@@ -739,7 +768,9 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
                        f"timm {worker.info['timm']}, "
                        f"{worker.info['device']}, "
                        f"{worker.info['threads']} threads")
-    time_interleaved(variants, reps, steps, warmup)
+    # The peak is timed in the same rounds, so it sees the same machine.
+    peak_variant = matmul_peak_variant(jdtype, peak_size)
+    time_interleaved(variants + [peak_variant], reps, steps, warmup)
   finally:
     for worker in workers:
       worker.close()
@@ -749,6 +780,7 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
                      ('timm', 'timm_plain')):
       if num in group and den in group:
         ratios.append(paired_ratio(group[num], group[den]))
+  peak = peak_of(peak_variant)
   device = jax.devices()[0]
   results = {
       'env': {'backend': jax.default_backend(),
@@ -756,6 +788,7 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
               'device_kind': device.device_kind, 'jax': jax.__version__,
               'cpu_count': os.cpu_count(), 'loadavg_before': load_before,
               'loadavg_after': _loadavg(),
+              'malloc': malloc,
               'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
               'xla_flags': os.environ.get('XLA_FLAGS')},
       'args': args, 'peak': peak,
@@ -812,15 +845,22 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument('--xla-defaults', action='store_true',
                  help="XLA's default options instead of "
                       'steps.compiler_options()')
+  p.add_argument('--glibc-malloc', action='store_true',
+                 help="keep glibc's default malloc settings (see "
+                 'keep_freed_memory)')
   p.add_argument('--json', default=None, help='also write results here')
   a = p.parse_args(argv)
+  malloc = 'glibc default'
+  if not a.glibc_malloc and keep_freed_memory():
+    malloc = 'freed memory kept (keep_freed_memory)'
   kinds = tuple(k for k in a.kinds.split(',') if k)
   results = run(a.model, a.batch, a.image_size, a.dtype, kinds,
                 se_overhead=a.se_overhead, timm=a.timm,
                 timm_model=a.timm_model, torch_python=a.torch_python,
                 reps=a.reps, steps=a.steps, warmup=a.warmup,
                 peak_size=a.peak_size, torch_compile=a.torch_compile,
-                compiler_options=None if a.xla_defaults else 'default')
+                compiler_options=None if a.xla_defaults else 'default',
+                malloc=malloc)
   print(format_table(results))
   if a.json:
     with open(a.json, 'w') as f:

@@ -9,7 +9,6 @@ BatchNorm momentum 0.1 is Flax momentum 0.9.
 """
 
 import functools
-import os
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
@@ -50,22 +49,20 @@ def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
   return value
 
 
-# How Conv2d computes (read at trace time): 'auto' uses the CPU
-# formulations below when `jax.default_backend() == 'cpu'` and plain XLA
-# ops elsewhere; 'xla' uses plain XLA ops everywhere (forward-mode autodiff
-# through Conv2d needs it on CPU, the custom VJPs being reverse-mode only).
-CONV_IMPL = os.environ.get('SE_FLAX_CONV_IMPL', 'auto')
+# `Conv2d.impl`: 'auto' uses the CPU formulations below when the backend is
+# the CPU (decided at trace time) and plain XLA ops elsewhere; 'xla' uses
+# plain XLA ops everywhere (forward-mode autodiff through Conv2d needs it on
+# CPU, the custom VJPs being reverse-mode only).
+CONV_IMPLS = ('auto', 'xla')
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 # Contract the leading (N, H, W) axes of two NHWC arrays: weight gradients.
 _CONTRACT_NHW = (((0, 1, 2), (0, 1, 2)), ((), ()))
 
 
-def _cpu_formulation() -> bool:
-  if CONV_IMPL not in ('auto', 'xla'):
-    raise ValueError(f"SE_FLAX_CONV_IMPL must be 'auto' or 'xla', got "
-                     f'{CONV_IMPL!r}')
-  return CONV_IMPL == 'auto' and jax.default_backend() == 'cpu'
+def check_conv_impl(impl: str) -> None:
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
 
 
 def _conv(x, kernel, strides, padding, groups=1):
@@ -81,11 +78,10 @@ def _matmul(x, kernel2d):
 
 # XLA's CPU backend runs a product that contracts the leading (N, H, W) axes
 # of two NHWC arrays (a weight gradient) by first copying the left operand
-# into (C, N*H*W) order; JAX's own transpose rule always puts the incoming
-# gradient there. The CPU rule below copies the operand with fewer
-# channels, and only after it is materialised: left alone, XLA fuses the
-# elementwise work that produced it (BN backward, the SE-scaled residual
-# sum) into the transposing copy and redoes it there, in transposed order.
+# into (C, N*H*W) order, redoing in that copy the elementwise work that
+# produced the operand (BN backward, the SE-scaled residual sum). JAX's own
+# transpose rule always puts the incoming gradient there; the CPU rule
+# below puts the operand with fewer channels there instead.
 
 
 @jax.custom_vjp
@@ -99,7 +95,6 @@ def _matmul_cpu_fwd(x, kernel2d):
 
 def _matmul_cpu_bwd(res, g):
   x, kernel2d = res
-  g = lax.optimization_barrier(g)
   dx = lax.dot_general(g, kernel2d, (((g.ndim - 1,), (1,)), ((), ())))
   if x.shape[-1] <= g.shape[-1]:
     dk = lax.dot_general(x, g, _CONTRACT_NHW)
@@ -117,6 +112,8 @@ class Conv2d(nn.Module):
   Kernel layout HWIO `(kh, kw, C_in / groups, features)`, input/output NHWC.
   Ungrouped 1x1 convolutions run as a matrix product: the same function,
   but XLA's CPU backend runs it several times faster than `conv_general`.
+  On CPU (`impl='auto'`) their gradient also has its own rule, which
+  orders the weight-gradient product for XLA's CPU backend (PERFORMANCE.md).
 
   Attributes:
     features: output channels.
@@ -129,6 +126,8 @@ class Conv2d(nn.Module):
       side; `(ph, pw)`: per axis, symmetric; `((top, bottom), (left,
       right))`: explicit.
     use_bias: add a bias (Caffe's default, VGG, IRv2's residual 1x1).
+    impl: 'auto' (CPU formulations on the CPU backend) or 'xla' (plain XLA
+      ops everywhere; needed for forward-mode autodiff on CPU).
   """
   features: int
   kernel_size: Union[int, Tuple[int, int]]
@@ -139,6 +138,11 @@ class Conv2d(nn.Module):
   kernel_init: Callable = he_normal
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
+  impl: str = 'auto'
+
+  def __post_init__(self):
+    check_conv_impl(self.impl)
+    super().__post_init__()
 
   @property
   def kernel_shape(self) -> Tuple[int, int]:
@@ -173,10 +177,8 @@ class Conv2d(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
     pads = self.explicit_padding()
-    cpu = _cpu_formulation()
+    cpu = self.impl == 'auto' and jax.default_backend() == 'cpu'
     if (kh, kw) == (1, 1) and self.groups == 1 and pads == ((0, 0), (0, 0)):
-      if cpu:  # Materialise x once (see _matmul_cpu_bwd).
-        x = lax.optimization_barrier(x)
       if self.strides > 1:
         x = x[:, ::self.strides, ::self.strides, :]
       y = (_matmul_cpu if cpu else _matmul)(x, kernel[0, 0])
@@ -346,19 +348,35 @@ def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
 
 def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
               param_dtype: Dtype, bn_momentum: float = BN_MOMENTUM,
-              bn_epsilon: float = BN_EPSILON):
+              bn_epsilon: float = BN_EPSILON, conv_impl: str = 'auto'):
   """The `(conv, norm, se)` factories a model builds once and passes down.
 
-  Each carries the compute dtype and parameter dtype; `norm` also the BN
-  mode (`use_running_average=not train`), momentum and epsilon; `se` is
-  None for the plain network.
+  Each carries the compute dtype and parameter dtype; `conv` also the
+  `Conv2d.impl`; `norm` the BN mode (`use_running_average=not train`),
+  momentum and epsilon; `se` is None for the plain network.
   """
-  conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype)
+  check_conv_impl(conv_impl)
+  conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype,
+                           impl=conv_impl)
   norm = batch_norm(train, momentum=bn_momentum, epsilon=bn_epsilon,
                     dtype=dtype, param_dtype=param_dtype)
   if se is not None:
     se = functools.partial(se, dtype=dtype, param_dtype=param_dtype)
   return conv, norm, se
+
+
+def classifier(x: jax.Array, num_classes: int, *, train: bool,
+               drop_rate: float, dtype: Optional[Dtype],
+               param_dtype: Dtype) -> jax.Array:
+  """Dropout, then the linear classifier `fc`: (N, C) -> (N, classes) f32.
+
+  Call it inside the model's compact `__call__`: `fc` is then a direct
+  child of the model, the flat name the timm converters map.
+  """
+  x = nn.Dropout(drop_rate, deterministic=not train)(x)
+  x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype,
+               name='fc')(x)
+  return x.astype(jnp.float32)
 
 
 def check_nhwc(x: jax.Array, where: str, channels: Sequence[int] = (3,)):

@@ -89,6 +89,42 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
   ratios = {(r['kind'], r['denominator']) for r in results['ratios']}
   assert ratios == {('train', 'seresnet_tiny (SE off)'),
                     ('infer', 'seresnet_tiny (SE off)')}
+  assert results['env']['malloc'].startswith('freed memory kept')
+
+
+@pytest.mark.parametrize('keep', [False, True])
+def test_keep_freed_memory_stops_refaulting_large_blocks(keep):
+  # Allocate, touch and free 256 MiB twice in a fresh process: glibc's
+  # default maps it anew (and faults every page in again); kept, the
+  # second round reuses the same memory.
+  # (glibc's malloc directly: numpy asks for huge pages, hiding faults.)
+  code = textwrap.dedent(f"""
+      import ctypes, resource
+      from se_flax import benchmark
+      assert benchmark.keep_freed_memory() if {keep} else True
+      libc = ctypes.CDLL(None)
+      libc.malloc.restype = ctypes.c_void_p
+      libc.free.argtypes = [ctypes.c_void_p]
+      def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      counts = []
+      for _ in range(2):
+        before = faults()
+        block = libc.malloc(256 << 20)
+        ctypes.memset(block, 1, 256 << 20)
+        counts.append(faults() - before)
+        libc.free(block)
+      print(counts[1])
+  """)
+  done = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  second = int(done.stdout.split()[-1])
+  pages = (256 << 20) // 4096
+  if keep:
+    assert second < pages // 100
+  else:
+    assert second > pages // 2
 
 
 def test_train_variant_steps_the_real_state():

@@ -126,6 +126,48 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('in_features,features,strides,dtype', [
+    (8, 32, 1, jnp.float32),   # expanding: x is the narrower operand
+    (32, 8, 1, jnp.float32),   # contracting: the gradient is
+    (8, 32, 2, jnp.float32),
+    (32, 8, 2, jnp.bfloat16)])
+def test_cpu_1x1_gradient_rule_equals_xla_autodiff(in_features, features,
+                                                   strides, dtype):
+  # impl='auto' on the CPU backend uses a custom VJP (PERFORMANCE.md,
+  # entry 2); it must be the same function and gradient as plain XLA ops.
+  assert jax.default_backend() == 'cpu'
+  x = jax.random.normal(jax.random.key(3), (2, 9, 10, in_features))
+  g = jax.random.normal(jax.random.key(4), (2, 5 if strides == 2 else 9,
+                                            5 if strides == 2 else 10,
+                                            features))
+  variables = layers.Conv2d(features, 1, strides).init(jax.random.key(0), x)
+
+  def grads(impl):
+    conv = layers.Conv2d(features, 1, strides, dtype=dtype, impl=impl)
+    def loss(v, x):
+      y = conv.apply(v, x)
+      return jnp.sum(y.astype(jnp.float32) * g)
+    return jax.grad(loss, argnums=(0, 1))(variables, x)
+
+  (dv_auto, dx_auto), (dv_xla, dx_xla) = grads('auto'), grads('xla')
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(dv_auto['params']['kernel'],
+                             dv_xla['params']['kernel'], rtol=tol, atol=tol)
+  np.testing.assert_allclose(dx_auto, dx_xla, rtol=tol, atol=tol)
+  assert dv_auto['params']['kernel'].dtype == jnp.float32
+  assert dx_auto.dtype == x.dtype
+
+
+def test_conv_impl_xla_allows_forward_mode_and_bad_impl_is_named():
+  x = jnp.ones((1, 4, 4, 8))
+  conv = layers.Conv2d(4, 1, impl='xla')
+  variables = conv.init(jax.random.key(0), x)
+  _, tangent = jax.jvp(lambda x: conv.apply(variables, x), (x,), (x,))
+  np.testing.assert_allclose(tangent, conv.apply(variables, x), rtol=1e-6)
+  with pytest.raises(ValueError, match="conv_impl must be one of"):
+    layers.Conv2d(4, 1, impl='oneDNN')
+
+
 @pytest.mark.parametrize('kernel,padding,expected_pads', [
     ((1, 7), None, ((0, 0), (3, 3))),
     ((3, 1), None, ((1, 1), (0, 0))),

@@ -169,6 +169,7 @@ class BNInception(nn.Module):
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention; Caffe's
       eps is 1e-5).
     dtype: compute dtype; params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   num_classes: int = 1000
   se: Optional[ModuleDef] = None
@@ -177,6 +178,7 @@ class BNInception(nn.Module):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -184,7 +186,8 @@ class BNInception(nn.Module):
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
     unit = functools.partial(ConvBN, conv=conv, norm=norm)
     x = x.astype(self.dtype)
     x = unit(64, 7, strides=2, name='conv1')(x)
@@ -197,10 +200,9 @@ class BNInception(nn.Module):
                             se, name=name)(x)
     # Caffe's pool5/7x7_s1 is this global mean at 224 px.
     x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(
+        x, self.num_classes, train=train, drop_rate=self.drop_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -331,6 +333,7 @@ class InceptionResNetV2(nn.Module):
     drop_rate: dropout before the classifier (training only).
     bn_momentum, bn_epsilon: BatchNorm settings (timm/TF eps: 1e-3).
     dtype: compute dtype; params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   num_classes: int = 1000
   repeats: Sequence[int] = (10, 20, 9)
@@ -341,6 +344,7 @@ class InceptionResNetV2(nn.Module):
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
@@ -355,7 +359,8 @@ class InceptionResNetV2(nn.Module):
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
     unit = functools.partial(ConvBN, conv=conv, norm=norm)
     block = functools.partial(InceptionResBlock, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
@@ -378,10 +383,9 @@ class InceptionResNetV2(nn.Module):
     x = block('block8', 1.0, False, name='block8')(x)
     x = unit(1536, 1, name='conv2d_7b')(x)
     x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(
+        x, self.num_classes, train=train, drop_rate=self.drop_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE); the

@@ -78,6 +78,7 @@ class MobileNetV1(nn.Module):
     drop_rate: dropout before the classifier (training only).
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
     dtype: compute dtype; params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stages: Sequence[Sequence[int]] = MOBILENET_V1
   stem_width: int = 32
@@ -88,6 +89,7 @@ class MobileNetV1(nn.Module):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -95,7 +97,8 @@ class MobileNetV1(nn.Module):
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
     block = functools.partial(DepthwiseSeparable, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
     x = conv(self.stem_width, 3, 2, name='conv_stem')(x)
@@ -105,10 +108,9 @@ class MobileNetV1(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(features, strides, name=f'stage{i}_block{j}')(x)
     x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(
+        x, self.num_classes, train=train, drop_rate=self.drop_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

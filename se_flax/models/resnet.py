@@ -9,7 +9,6 @@ SE-ResNeXt and SENet-154 put the stride on the grouped 3x3 conv in both.
 `se=None` gives the plain baseline of the same network.
 """
 
-import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -129,6 +128,7 @@ class ResNet(nn.Module):
     drop_rate: dropout before the classifier (training only).
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stage_sizes: Sequence[int]
   bottleneck: bool = True
@@ -152,6 +152,7 @@ class ResNet(nn.Module):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction (before any tracing) on a misnamed option.
@@ -170,6 +171,7 @@ class ResNet(nn.Module):
     if self.se_position not in SE_POSITIONS:
       raise ValueError(f'se_position must be one of {SE_POSITIONS}, got '
                        f'{self.se_position!r}')
+    layers.check_conv_impl(self.conv_impl)
     if len(self.stage_planes) != len(self.stage_sizes):
       raise ValueError('stage_planes and stage_sizes differ in length: '
                        f'{self.stage_planes} vs {self.stage_sizes}')
@@ -178,15 +180,10 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv = functools.partial(layers.Conv2d, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    norm = layers.batch_norm(train, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    se = None
-    if self.se is not None:
-      se = functools.partial(self.se, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    conv, norm, se = layers.factories(
+        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
 
     x = x.astype(self.dtype)
     x = Stem(self.stem, self.stem_width, self.stem_pool, conv, norm,
@@ -212,10 +209,9 @@ class ResNet(nn.Module):
             se_position=self.se_position,
             name=f'stage{i + 1}_block{j}')(x)
     x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(
+        x, self.num_classes, train=train, drop_rate=self.drop_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 class Stem(nn.Module):
@@ -229,7 +225,8 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.kind == '7x7':
-      x = nn.relu(self.norm('bn1')(self.conv(self.width, 7, 2, name='conv1')(x)))
+      x = self.conv(self.width, 7, 2, name='conv1')(x)
+      x = nn.relu(self.norm('bn1')(x))
     else:
       widths = (self.width, self.width, 2 * self.width)
       for k, features in enumerate(widths, start=1):

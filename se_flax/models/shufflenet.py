@@ -116,6 +116,7 @@ class ShuffleNetV1(nn.Module):
     drop_rate: dropout before the classifier (training only).
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
     dtype: compute dtype; params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   groups: int = 3
   stage_widths: Sequence[int] = (240, 480, 960)
@@ -128,6 +129,7 @@ class ShuffleNetV1(nn.Module):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
@@ -146,7 +148,8 @@ class ShuffleNetV1(nn.Module):
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
     unit = functools.partial(ShuffleUnit, groups=self.groups, conv=conv,
                              norm=norm, se=se)
     x = x.astype(self.dtype)
@@ -159,10 +162,9 @@ class ShuffleNetV1(nn.Module):
         x = unit(width, 2 if j == 0 else 1, group_first=i > 0 or j > 0,
                  name=f'stage{i + 2}_unit{j}')(x)
     x = layers.global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    return layers.classifier(
+        x, self.num_classes, train=train, drop_rate=self.drop_rate,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

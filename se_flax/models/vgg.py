@@ -66,6 +66,7 @@ class VGG(nn.Module):
       timm (0 by default; the original VGG trained with 0.5).
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
     dtype: compute dtype; params stay `param_dtype`.
+    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stages: Sequence[Sequence[int]] = VGG16
   num_classes: int = 1000
@@ -77,6 +78,7 @@ class VGG(nn.Module):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -84,7 +86,8 @@ class VGG(nn.Module):
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
+        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
+        conv_impl=self.conv_impl)
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
     for i, widths in enumerate(self.stages, start=1):
@@ -92,9 +95,9 @@ class VGG(nn.Module):
         x = unit(features, name=f'conv{i}_{j}')(x)
       x = layers.max_pool_padded(x, 2, 2, padding=0)
     x = self._head(x, conv, train)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
-    return x.astype(jnp.float32)
+    # The head has applied its dropouts already.
+    return layers.classifier(x, self.num_classes, train=train, drop_rate=0.0,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
 
   def _head(self, x, conv, train):
     """timm's ConvMlp + global average: (N, h, w, C) -> (N, head_width)."""

@@ -25,7 +25,8 @@ from se_flax.train.state import TrainState
 
 _SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
               'se_gate': 'gate', 'se_use_bias': 'use_bias'}
-_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn')
+_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
+                 'conv_impl')
 
 
 @dataclasses.dataclass
@@ -123,6 +124,36 @@ def abstract_state(config, model, tx, image_size: int, mesh) -> TrainState:
       shapes)
 
 
+def jit_steps(config, model, tx, schedule, mesh,
+              compiler_options: Any = 'default'):
+  """`(train_fn, eval_fn)`: the jitted steps over `mesh`.
+
+  `train_fn(state, batch) -> (state, metrics)` donates the state;
+  `eval_fn(variables, batch) -> metric sums`. Both take the batch
+  sharded on 'data' and everything else replicated. `compiler_options`:
+  'default' is `steps.compiler_options()`, None XLA's defaults, or a dict.
+  """
+  if compiler_options == 'default':
+    compiler_options = steps.compiler_options()
+  replicated = sharding.replicated(mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  dtype = jnp.dtype(config.model.dtype)
+  train_fn = jax.jit(
+      functools.partial(
+          steps.train_step, model=model, tx=tx, schedule=schedule,
+          label_smoothing=config.label_smoothing,
+          ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
+          dtype=dtype),
+      in_shardings=(replicated, batch_sharding),
+      out_shardings=(replicated, replicated), donate_argnums=0,
+      compiler_options=compiler_options)
+  eval_fn = jax.jit(
+      functools.partial(steps.eval_step, model=model, dtype=dtype),
+      in_shardings=(replicated, batch_sharding), out_shardings=replicated,
+      compiler_options=compiler_options)
+  return train_fn, eval_fn
+
+
 def _steps_per_epoch(config, inputs: Inputs) -> int:
   return max(1, inputs.num_train_examples // config.batch_size)
 
@@ -216,18 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info('Resumed from step %d (%s)', int(state.step), meta)
   start_step = int(state.step)
 
-  dtype = jnp.dtype(config.model.dtype)
-  train_fn = jax.jit(
-      functools.partial(
-          steps.train_step, model=model, tx=tx, schedule=schedule,
-          label_smoothing=config.label_smoothing,
-          ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
-          dtype=dtype),
-      in_shardings=(replicated, batch_sharding),
-      out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(
-      functools.partial(steps.eval_step, model=model, dtype=dtype),
-      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  train_fn, eval_fn = jit_steps(config, model, tx, schedule, mesh)
 
   writer = writers.create_writer(workdir, jax.process_index() == 0)
   if start_step == 0:
