@@ -365,20 +365,6 @@ def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
   return conv, norm, se
 
 
-def classifier(x: jax.Array, num_classes: int, *, train: bool,
-               drop_rate: float, dtype: Optional[Dtype],
-               param_dtype: Dtype) -> jax.Array:
-  """Dropout, then the linear classifier `fc`: (N, C) -> (N, classes) f32.
-
-  Call it inside the model's compact `__call__`: `fc` is then a direct
-  child of the model, the flat name the timm converters map.
-  """
-  x = nn.Dropout(drop_rate, deterministic=not train)(x)
-  x = nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype,
-               name='fc')(x)
-  return x.astype(jnp.float32)
-
-
 def check_nhwc(x: jax.Array, where: str, channels: Sequence[int] = (3,)):
   """Raises a clear error unless `x` is an NHWC image batch."""
   if x.ndim != 4 or x.shape[-1] not in channels:

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.models import base
 
 ModuleDef = Any
 Kernel = Union[int, Tuple[int, int]]
@@ -154,40 +155,26 @@ class BNInceptionModule(nn.Module):
     return out
 
 
-class BNInception(nn.Module):
+class BNInception(base.Network):
   """BN-Inception (Ioffe & Szegedy 2015) as Caffe's SE-BN-Inception defines it.
 
   NHWC images, 224 px at training in the paper (BGR 0-255 minus the means
   104/117/123 for the Caffe weights); returns float32 logits.
 
-  Attributes:
-    num_classes: classifier width.
+  Attributes (and those of `base.Network`):
     se: SqueezeExcite factory (one unit per Inception module, on its
       concatenated output) or None for the plain BN-Inception.
     drop_rate: dropout before the classifier (training only; the deploy
       prototxt has none).
     bn_momentum, bn_epsilon: BatchNorm settings (Flax convention; Caffe's
       eps is 1e-5).
-    dtype: compute dtype; params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
-  num_classes: int = 1000
-  se: Optional[ModuleDef] = None
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
-  bn_epsilon: float = layers.BN_EPSILON
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ConvBN, conv=conv, norm=norm)
     x = x.astype(self.dtype)
     x = unit(64, 7, strides=2, name='conv1')(x)
@@ -200,9 +187,7 @@ class BNInception(nn.Module):
                             se, name=name)(x)
     # Caffe's pool5/7x7_s1 is this global mean at 224 px.
     x = layers.global_avg_pool(x)
-    return layers.classifier(
-        x, self.num_classes, train=train, drop_rate=self.drop_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train)
 
 
 # --------------------------------------------------------------------------
@@ -316,35 +301,24 @@ class InceptionResBlock(nn.Module):
     return nn.relu(out) if self.activate else out
 
 
-class InceptionResNetV2(nn.Module):
+class InceptionResNetV2(base.Network):
   """Inception-ResNet-v2 (Szegedy et al. 2016) as timm implements it.
 
   NHWC images (299 px in the paper and timm); returns float32 logits. The
   stem and the reductions use VALID convs and floor-mode 3x3/2 max pools,
   so the grid at 299 px is 149, 147, 73, 71, 35, 17, 8.
 
-  Attributes:
-    num_classes: classifier width.
+  Attributes (and those of `base.Network`):
     repeats: Block35 / Block17 / Block8 counts before the last Block8
       (10, 20, 9); smaller values give test-size networks.
     scales: residual scales of those blocks.
     se: SqueezeExcite factory for every residual block (see the module
       docstring for where), or None for the plain network.
-    drop_rate: dropout before the classifier (training only).
     bn_momentum, bn_epsilon: BatchNorm settings (timm/TF eps: 1e-3).
-    dtype: compute dtype; params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
-  num_classes: int = 1000
   repeats: Sequence[int] = (10, 20, 9)
   scales: Sequence[float] = (0.17, 0.10, 0.20)
-  se: Optional[ModuleDef] = None
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
   bn_epsilon: float = 1e-3
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
@@ -357,10 +331,7 @@ class InceptionResNetV2(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ConvBN, conv=conv, norm=norm)
     block = functools.partial(InceptionResBlock, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
@@ -383,9 +354,7 @@ class InceptionResNetV2(nn.Module):
     x = block('block8', 1.0, False, name='block8')(x)
     x = unit(1536, 1, name='conv2d_7b')(x)
     x = layers.global_avg_pool(x)
-    return layers.classifier(
-        x, self.num_classes, train=train, drop_rate=self.drop_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE); the

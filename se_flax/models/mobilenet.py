@@ -34,9 +34,9 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.models import base
 
 ModuleDef = Any
 
@@ -66,39 +66,23 @@ class DepthwiseSeparable(nn.Module):
     return x
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(base.Network):
   """MobileNet v1 on NHWC images; returns float32 logits.
 
-  Attributes:
+  Attributes (and those of `base.Network`):
     stages: pointwise widths per stage (stride 2 at the start of every
       stage after the first).
     stem_width: channels of the 3x3/2 stem conv.
-    num_classes: classifier width.
     se: SqueezeExcite factory (after every block) or None.
-    drop_rate: dropout before the classifier (training only).
-    bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
-    dtype: compute dtype; params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stages: Sequence[Sequence[int]] = MOBILENET_V1
   stem_width: int = 32
-  num_classes: int = 1000
-  se: Optional[ModuleDef] = None
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
-  bn_epsilon: float = layers.BN_EPSILON
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
     block = functools.partial(DepthwiseSeparable, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
     x = conv(self.stem_width, 3, 2, name='conv_stem')(x)
@@ -108,9 +92,7 @@ class MobileNetV1(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(features, strides, name=f'stage{i}_block{j}')(x)
     x = layers.global_avg_pool(x)
-    return layers.classifier(
-        x, self.num_classes, train=train, drop_rate=self.drop_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

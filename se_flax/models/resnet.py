@@ -13,9 +13,9 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.models import base
 
 ModuleDef = Any
 
@@ -104,13 +104,12 @@ class Block(nn.Module):
     return out
 
 
-class ResNet(nn.Module):
+class ResNet(base.Network):
   """ResNet-family classifier on NHWC images; returns float32 logits.
 
-  Attributes:
+  Attributes (and those of `base.Network`):
     stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for 50 layers.
     bottleneck: bottleneck blocks (50+ layers) or basic blocks (18/34).
-    num_classes: classifier width.
     cardinality, base_width: ResNeXt groups and width per group; the 3x3
       width is `floor(planes * base_width / 64) * cardinality`.
     block_reduce_first: the first 1x1 conv has width / this (SENet-154: 2).
@@ -121,18 +120,12 @@ class ResNet(nn.Module):
     stride_on: '1x1' (Caffe SE-ResNet) or '3x3'.
     downsample_kernel: 3 for SENet-154's 3x3/2 projections, else 1.
     relu_before_se: legacy SE-ResNet-18/34 basic blocks.
-    se: SqueezeExcite factory, or None for the plain network.
     se_position: where SE sits in a block (paper Table 14/15).
     se_stages: 1-based stages that carry SE (paper Table 13).
     zero_init_last_bn: init the last BN scale of each branch to zero.
-    drop_rate: dropout before the classifier (training only).
-    bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
-    dtype: compute dtype (e.g. bfloat16); params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stage_sizes: Sequence[int]
   bottleneck: bool = True
-  num_classes: int = 1000
   cardinality: int = 1
   base_width: int = 64
   block_reduce_first: int = 1
@@ -143,16 +136,9 @@ class ResNet(nn.Module):
   stride_on: str = '3x3'
   downsample_kernel: int = 1
   relu_before_se: bool = False
-  se: Optional[ModuleDef] = None
   se_position: str = 'standard'
   se_stages: Sequence[int] = (1, 2, 3, 4)
   zero_init_last_bn: bool = True
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
-  bn_epsilon: float = layers.BN_EPSILON
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction (before any tracing) on a misnamed option.
@@ -171,7 +157,6 @@ class ResNet(nn.Module):
     if self.se_position not in SE_POSITIONS:
       raise ValueError(f'se_position must be one of {SE_POSITIONS}, got '
                        f'{self.se_position!r}')
-    layers.check_conv_impl(self.conv_impl)
     if len(self.stage_planes) != len(self.stage_sizes):
       raise ValueError('stage_planes and stage_sizes differ in length: '
                        f'{self.stage_planes} vs {self.stage_sizes}')
@@ -180,10 +165,7 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
 
     x = x.astype(self.dtype)
     x = Stem(self.stem, self.stem_width, self.stem_pool, conv, norm,
@@ -209,9 +191,7 @@ class ResNet(nn.Module):
             se_position=self.se_position,
             name=f'stage{i + 1}_block{j}')(x)
     x = layers.global_avg_pool(x)
-    return layers.classifier(
-        x, self.num_classes, train=train, drop_rate=self.drop_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train)
 
 
 class Stem(nn.Module):

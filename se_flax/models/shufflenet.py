@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.models import base
 
 ModuleDef = Any
 
@@ -103,33 +104,20 @@ class ShuffleUnit(nn.Module):
     return nn.relu(jnp.concatenate([shortcut, y], axis=-1))
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(base.Network):
   """ShuffleNet v1 on NHWC images; returns float32 logits.
 
-  Attributes:
+  Attributes (and those of `base.Network`):
     groups: g of the grouped 1x1 convs (the paper's SE-ShuffleNet: 3).
     stage_widths: output channels per stage (g = 3, 1x: 240, 480, 960).
     stage_sizes: units per stage (4, 8, 4).
     stem_width: channels of the 3x3/2 stem conv (24).
-    num_classes: classifier width.
     se: SqueezeExcite factory (end of every unit's branch) or None.
-    drop_rate: dropout before the classifier (training only).
-    bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
-    dtype: compute dtype; params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   groups: int = 3
   stage_widths: Sequence[int] = (240, 480, 960)
   stage_sizes: Sequence[int] = (4, 8, 4)
   stem_width: int = 24
-  num_classes: int = 1000
-  se: Optional[ModuleDef] = None
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
-  bn_epsilon: float = layers.BN_EPSILON
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
@@ -146,10 +134,7 @@ class ShuffleNetV1(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ShuffleUnit, groups=self.groups, conv=conv,
                              norm=norm, se=se)
     x = x.astype(self.dtype)
@@ -162,9 +147,7 @@ class ShuffleNetV1(nn.Module):
         x = unit(width, 2 if j == 0 else 1, group_first=i > 0 or j > 0,
                  name=f'stage{i + 2}_unit{j}')(x)
     x = layers.global_avg_pool(x)
-    return layers.classifier(
-        x, self.num_classes, train=train, drop_rate=self.drop_rate,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train)
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

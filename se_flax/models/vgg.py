@@ -26,9 +26,9 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.models import base
 
 ModuleDef = Any
 
@@ -53,41 +53,26 @@ class ConvUnit(nn.Module):
     return x
 
 
-class VGG(nn.Module):
+class VGG(base.Network):
   """VGG with BatchNorm on NHWC images; returns float32 logits.
 
-  Attributes:
+  Attributes (and those of `base.Network`):
     stages: conv widths per stage; each stage ends with a 2x2/2 max pool.
-    num_classes: classifier width.
     head_width: width of the two hidden FCs (4096).
     head_kernel: fc1's kernel, the grid it expects (7).
     se: SqueezeExcite factory (after every conv's ReLU) or None.
     drop_rate: dropout after fc1's ReLU and before the classifier, as in
       timm (0 by default; the original VGG trained with 0.5).
-    bn_momentum, bn_epsilon: BatchNorm settings (Flax convention).
-    dtype: compute dtype; params stay `param_dtype`.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
   """
   stages: Sequence[Sequence[int]] = VGG16
-  num_classes: int = 1000
   head_width: int = 4096
   head_kernel: int = 7
-  se: Optional[ModuleDef] = None
-  drop_rate: float = 0.0
-  bn_momentum: float = layers.BN_MOMENTUM
-  bn_epsilon: float = layers.BN_EPSILON
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
-    conv, norm, se = layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+    conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, se=se)
     x = x.astype(self.dtype)
     for i, widths in enumerate(self.stages, start=1):
@@ -96,8 +81,7 @@ class VGG(nn.Module):
       x = layers.max_pool_padded(x, 2, 2, padding=0)
     x = self._head(x, conv, train)
     # The head has applied its dropouts already.
-    return layers.classifier(x, self.num_classes, train=train, drop_rate=0.0,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    return self.classify(x, train=train, dropout=False)
 
   def _head(self, x, conv, train):
     """timm's ConvMlp + global average: (N, h, w, C) -> (N, head_width)."""

@@ -227,7 +227,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _write_config(config, workdir)
   mesh = sharding.create_mesh()
   batch_sharding = sharding.batch_sharding(mesh)
-  replicated = sharding.replicated(mesh)
 
   inputs = create_inputs(config)
   steps_per_epoch = _steps_per_epoch(config, inputs)

@@ -12,7 +12,6 @@ from jax.sharding import Mesh
 import se_flax
 from se_flax.train import config as config_lib
 from se_flax.train import loop, optim, sharding, steps
-from se_flax.train.state import TrainState
 
 
 def _config(**overrides):
