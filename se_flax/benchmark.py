@@ -30,7 +30,8 @@ the SE scale and residual adds not counted), 2 FLOPs each. A train step is
 1 forward + 2 backward (activation and weight gradients), so
 `train FLOPs/image = 6 * MACs` and `inference FLOPs/image = 2 * MACs`. MFU
 is model FLOP/s per device over a peak measured in the same run: a square
-matrix product in the compute dtype on one device (`matmul_peak`).
+matrix product in the compute dtype on one device, timed in the same
+rounds (`matmul_peak_variant`).
 
 `--se-overhead` adds the plain twin (the registry entry with `se=None`:
 same stem, strides, init, dtype and step) and reports time(SE) /
@@ -66,11 +67,6 @@ DTYPES = {'fp32': jnp.float32, 'float32': jnp.float32,
 NUM_CLASSES = 1000
 # FLOPs of a train step in forwards: 1 forward + 2 backward passes.
 TRAIN_FLOPS_PER_FORWARD = 3
-# The same setting as an environment variable, for other processes (it
-# has to be set before they start): see `keep_freed_memory`.
-MALLOC_TUNABLES = ('glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:'
-                   'glibc.malloc.trim_threshold=17179869184:'
-                   'glibc.malloc.top_pad=1073741824')
 # mallopt() parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 # Round-trip limit for one command to the torch worker.
@@ -109,14 +105,6 @@ def flops_per_image(model, image_size: int) -> Dict[str, int]:
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def _median(xs):
-  return statistics.median(xs)
-
-
-def _sync(tree):
-  jax.block_until_ready(tree)
 
 
 def _xla_memory(compiled) -> Optional[int]:
@@ -243,10 +231,10 @@ def matmul_peak_variant(dtype, size: Optional[int] = None,
   precision = (jax.lax.Precision.HIGHEST if dtype == jnp.float32
                else jax.lax.Precision.DEFAULT)
   matmul = jax.jit(functools.partial(jnp.matmul, precision=precision))
-  _sync(matmul(a, b))
+  jax.block_until_ready(matmul(a, b))
 
   def run(n: int):
-    _sync([matmul(a, b) for _ in range(n * calls)])
+    jax.block_until_ready([matmul(a, b) for _ in range(n * calls)])
 
   v = Variant(label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
               framework='jax', kind='peak', batch=1, run=run,
@@ -258,18 +246,10 @@ def matmul_peak_variant(dtype, size: Optional[int] = None,
 def peak_of(v: 'Variant') -> Dict[str, float]:
   """FLOP/s of a timed `matmul_peak_variant` (median and best round)."""
   calls = v.handle['calls']
-  median, best = _median(v.times) / calls, min(v.times) / calls
+  median, best = statistics.median(v.times) / calls, min(v.times) / calls
   return {'size': v.handle['size'], 'seconds': median,
           'flops_per_s': v.flops_per_image / median,
           'flops_per_s_max': v.flops_per_image / best}
-
-
-def matmul_peak(dtype, size: Optional[int] = None, reps: int = 5,
-                calls: Optional[int] = None) -> Dict[str, float]:
-  """The matmul peak on its own (`run()` interleaves it with the models)."""
-  v = matmul_peak_variant(dtype, size, calls)
-  time_interleaved([v], reps, 1, warmup=1)
-  return peak_of(v)
 
 
 # --------------------------------------------------------------- variants
@@ -387,7 +367,7 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
       for _ in range(n):
         outs.append(cell['fn'](variables, batches[cell['i'] % len(batches)]))
         cell['i'] += 1
-      _sync(outs)
+      jax.block_until_ready(outs)
 
     cell['fn'], v = _compiled_variant(label, 'infer', batch, eval_fn,
                                       (variables, batches[0]), run_infer,
@@ -403,7 +383,7 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
       for _ in range(n):
         st, metrics = cell['fn'](st, batches[cell['i'] % len(batches)])
         cell['i'] += 1
-      _sync((st, metrics))
+      jax.block_until_ready((st, metrics))
       cell['state'] = st
 
     cell['fn'], v = _compiled_variant(label, 'train', batch, train_fn,
@@ -601,9 +581,13 @@ def time_interleaved(variants: Sequence[Variant], reps: int, steps: int,
       v.faults.append(own['faults'] / steps)
 
 
+def _median_or_none(xs):
+  return statistics.median(xs) if xs else None
+
+
 def summarize(v: Variant, peak: Optional[float]) -> dict:
   """Medians and spreads of one timed variant."""
-  step = _median(v.times)
+  step = statistics.median(v.times)
   ips = v.batch / step
   out = {
       'label': v.label, 'framework': v.framework, 'kind': v.kind,
@@ -616,9 +600,9 @@ def summarize(v: Variant, peak: Optional[float]) -> dict:
       'xla_flops_per_image': v.xla_flops_per_image,
       'host_transfers': v.host_transfers, 'se_fusion': v.se_fusion,
       'rounds': len(v.times),
-      'cpu_s_per_step': _median(v.cpu_times) if v.cpu_times else None,
-      'sys_s_per_step': _median(v.sys_times) if v.sys_times else None,
-      'page_faults_per_step': _median(v.faults) if v.faults else None,
+      'cpu_s_per_step': _median_or_none(v.cpu_times),
+      'sys_s_per_step': _median_or_none(v.sys_times),
+      'page_faults_per_step': _median_or_none(v.faults),
   }
   if v.flops_per_image:
     achieved = v.flops_per_image * ips / v.devices
@@ -631,9 +615,11 @@ def paired_ratio(a: Variant, b: Variant) -> dict:
   """time(a) / time(b), round by round: median and min-max."""
   ratios = [x / y for x, y in zip(a.times, b.times)]
   return {'numerator': a.label, 'denominator': b.label, 'kind': a.kind,
-          'time_ratio': _median(ratios), 'time_ratio_min': min(ratios),
+          'time_ratio': statistics.median(ratios),
+          'time_ratio_min': min(ratios),
           'time_ratio_max': max(ratios),
-          'ratio_of_medians': _median(a.times) / _median(b.times)}
+          'ratio_of_medians': (statistics.median(a.times)
+                               / statistics.median(b.times))}
 
 
 def _fmt(x, spec, scale=1.0):

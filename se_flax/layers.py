@@ -355,7 +355,6 @@ def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
   `Conv2d.impl`; `norm` the BN mode (`use_running_average=not train`),
   momentum and epsilon; `se` is None for the plain network.
   """
-  check_conv_impl(conv_impl)
   conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype,
                            impl=conv_impl)
   norm = batch_norm(train, momentum=bn_momentum, epsilon=bn_epsilon,

@@ -93,7 +93,8 @@ def test_bad_input_and_fields_are_named():
   with pytest.raises(ValueError, match='NHWC'):
     SqueezeExcite().init(jax.random.key(0), jnp.ones((2, 32)))
   with pytest.raises(ValueError, match='gate'):
-    SqueezeExcite(gate='softmax').init(jax.random.key(0), jnp.ones((1, 1, 1, 32)))
+    SqueezeExcite(gate='softmax').init(jax.random.key(0),
+                                       jnp.ones((1, 1, 1, 32)))
   with pytest.raises(ValueError, match='squeeze'):
     SqueezeExcite(squeeze='median').init(jax.random.key(0),
                                          jnp.ones((1, 1, 1, 32)))
