@@ -56,8 +56,6 @@ def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
 CONV_IMPLS = ('auto', 'xla')
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-# Contract the leading (N, H, W) axes of two NHWC arrays: weight gradients.
-_CONTRACT_NHW = (((0, 1, 2), (0, 1, 2)), ((), ()))
 
 
 def check_conv_impl(impl: str) -> None:
@@ -76,12 +74,12 @@ def _matmul(x, kernel2d):
   return lax.dot_general(x, kernel2d, (((x.ndim - 1,), (0,)), ((), ())))
 
 
-# XLA's CPU backend runs a product that contracts the leading (N, H, W) axes
-# of two NHWC arrays (a weight gradient) by first copying the left operand
-# into (C, N*H*W) order, redoing in that copy the elementwise work that
-# produced the operand (BN backward, the SE-scaled residual sum). JAX's own
-# transpose rule always puts the incoming gradient there; the CPU rule
-# below puts the operand with fewer channels there instead.
+# XLA's CPU backend runs a weight-gradient product that contracts the
+# leading (N, H, W) axes of two NHWC arrays (JAX's transpose rule) by first
+# copying one operand into (C, N*H*W) order, redoing in that copy the
+# elementwise work that produced it (BN backward, the SE-scaled residual
+# sum). Written as `x2d.T @ g2d` on (N*H*W, C) matrices instead, it becomes
+# one Eigen product that reads both operands in place (PERFORMANCE.md).
 
 
 @jax.custom_vjp
@@ -96,10 +94,7 @@ def _matmul_cpu_fwd(x, kernel2d):
 def _matmul_cpu_bwd(res, g):
   x, kernel2d = res
   dx = lax.dot_general(g, kernel2d, (((g.ndim - 1,), (1,)), ((), ())))
-  if x.shape[-1] <= g.shape[-1]:
-    dk = lax.dot_general(x, g, _CONTRACT_NHW)
-  else:
-    dk = lax.dot_general(g, x, _CONTRACT_NHW).T
+  dk = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
   return dx.astype(x.dtype), dk.astype(kernel2d.dtype)
 
 

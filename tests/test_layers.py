@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from se_flax import layers
+from se_flax.train import steps
 from se_flax.layers import SqueezeExcite
 
 
@@ -128,8 +129,8 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
 
 
 @pytest.mark.parametrize('in_features,features,strides,dtype', [
-    (8, 32, 1, jnp.float32),   # expanding: x is the narrower operand
-    (32, 8, 1, jnp.float32),   # contracting: the gradient is
+    (8, 32, 1, jnp.float32),   # expanding
+    (32, 8, 1, jnp.float32),   # contracting
     (8, 32, 2, jnp.float32),
     (32, 8, 2, jnp.bfloat16)])
 def test_cpu_1x1_gradient_rule_equals_xla_autodiff(in_features, features,
@@ -157,6 +158,25 @@ def test_cpu_1x1_gradient_rule_equals_xla_autodiff(in_features, features,
   np.testing.assert_allclose(dx_auto, dx_xla, rtol=tol, atol=tol)
   assert dv_auto['params']['kernel'].dtype == jnp.float32
   assert dx_auto.dtype == x.dtype
+
+
+def _copies_in_compiled_gradient(impl):
+  x = jnp.ones((4, 14, 14, 64))
+  conv = layers.Conv2d(256, 1, impl=impl)
+  variables = conv.init(jax.random.key(0), x)
+  def loss(v, x):  # An elementwise producer, as BN backward or a residual.
+    return jnp.sum(conv.apply(v, jax.nn.relu(x * 2.0)) ** 2)
+  hlo = jax.jit(jax.grad(loss), compiler_options=steps.compiler_options()
+                ).lower(variables, x).compile().as_text()
+  return [line for line in hlo.splitlines() if ' copy(' in line]
+
+
+def test_cpu_1x1_weight_gradient_reads_its_operands_in_place():
+  # XLA's own transpose rule makes the CPU backend copy an operand into
+  # (C, N*H*W) order (and recompute its producer there); the CPU rule's
+  # product must not (PERFORMANCE.md, entry 2).
+  assert _copies_in_compiled_gradient('xla')
+  assert not _copies_in_compiled_gradient('auto')
 
 
 def test_conv_impl_xla_allows_forward_mode_and_bad_impl_is_named():
