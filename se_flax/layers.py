@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from se_flax import cpu_grads
+
 Dtype = Any
 ModuleDef = Any
 
@@ -49,18 +51,27 @@ def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
   return value
 
 
-# `Conv2d.impl`: 'auto' uses the CPU formulations below when the backend is
-# the CPU (decided at trace time) and plain XLA ops elsewhere; 'xla' uses
-# plain XLA ops everywhere (forward-mode autodiff through Conv2d needs it on
-# CPU, the custom VJPs being reverse-mode only).
-CONV_IMPLS = ('auto', 'xla')
+# `Conv2d.impl` and `BatchNorm.impl`: 'auto' uses the gradient rules of
+# `cpu_grads` when the backend is the CPU (decided at trace time) and plain
+# XLA ops elsewhere; 'xla' uses plain XLA ops everywhere (forward-mode
+# autodiff needs it on CPU, those rules being reverse-mode only). Max
+# pooling's CPU rule works in both modes and has no switch.
+LAYER_IMPLS = ('auto', 'xla')
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-def check_conv_impl(impl: str) -> None:
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'conv_impl must be one of {CONV_IMPLS}, got {impl!r}')
+def check_layer_impl(impl: str) -> None:
+  if impl not in LAYER_IMPLS:
+    raise ValueError(f'layer_impl must be one of {LAYER_IMPLS}, got {impl!r}')
+
+
+def _use_cpu_grads(impl: str) -> bool:
+  return impl == 'auto' and jax.default_backend() == 'cpu'
+
+
+def _matmul(x, kernel2d):
+  return lax.dot_general(x, kernel2d, (((x.ndim - 1,), (0,)), ((), ())))
 
 
 def _conv(x, kernel, strides, padding, groups=1):
@@ -69,46 +80,13 @@ def _conv(x, kernel, strides, padding, groups=1):
       dimension_numbers=_NHWC, feature_group_count=groups)
 
 
-def _matmul(x, kernel2d):
-  """`x @ kernel2d` over the channel axis: an unpadded 1x1 convolution."""
-  return lax.dot_general(x, kernel2d, (((x.ndim - 1,), (0,)), ((), ())))
-
-
-# XLA's CPU backend runs a weight-gradient product that contracts the
-# leading (N, H, W) axes of two NHWC arrays (JAX's transpose rule) by first
-# copying one operand into (C, N*H*W) order, redoing in that copy the
-# elementwise work that produced it (BN backward, the SE-scaled residual
-# sum). Written as `x2d.T @ g2d` on (N*H*W, C) matrices instead, it becomes
-# one Eigen product that reads both operands in place (PERFORMANCE.md).
-
-
-@jax.custom_vjp
-def _matmul_cpu(x, kernel2d):
-  return _matmul(x, kernel2d)
-
-
-def _matmul_cpu_fwd(x, kernel2d):
-  return _matmul(x, kernel2d), (x, kernel2d)
-
-
-def _matmul_cpu_bwd(res, g):
-  x, kernel2d = res
-  dx = lax.dot_general(g, kernel2d, (((g.ndim - 1,), (1,)), ((), ())))
-  dk = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
-  return dx.astype(x.dtype), dk.astype(kernel2d.dtype)
-
-
-_matmul_cpu.defvjp(_matmul_cpu_fwd, _matmul_cpu_bwd)
-
-
 class Conv2d(nn.Module):
   """2-D convolution with PyTorch/Caffe's explicit (default symmetric) padding.
 
   Kernel layout HWIO `(kh, kw, C_in / groups, features)`, input/output NHWC.
   Ungrouped 1x1 convolutions run as a matrix product: the same function,
-  but XLA's CPU backend runs it several times faster than `conv_general`.
-  On CPU (`impl='auto'`) their gradient also has its own rule, which
-  orders the weight-gradient product for XLA's CPU backend (PERFORMANCE.md).
+  but XLA's CPU backend runs it several times faster than `conv_general`;
+  on CPU (`impl='auto'`) with the gradient rule of `cpu_grads.matmul`.
 
   Attributes:
     features: output channels.
@@ -121,8 +99,7 @@ class Conv2d(nn.Module):
       side; `(ph, pw)`: per axis, symmetric; `((top, bottom), (left,
       right))`: explicit.
     use_bias: add a bias (Caffe's default, VGG, IRv2's residual 1x1).
-    impl: 'auto' (CPU formulations on the CPU backend) or 'xla' (plain XLA
-      ops everywhere; needed for forward-mode autodiff on CPU).
+    impl: 'auto' or 'xla' (`LAYER_IMPLS`).
   """
   features: int
   kernel_size: Union[int, Tuple[int, int]]
@@ -136,7 +113,7 @@ class Conv2d(nn.Module):
   impl: str = 'auto'
 
   def __post_init__(self):
-    check_conv_impl(self.impl)
+    check_layer_impl(self.impl)
     super().__post_init__()
 
   @property
@@ -172,16 +149,23 @@ class Conv2d(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
     pads = self.explicit_padding()
-    cpu = self.impl == 'auto' and jax.default_backend() == 'cpu'
     if (kh, kw) == (1, 1) and self.groups == 1 and pads == ((0, 0), (0, 0)):
       if self.strides > 1:
         x = x[:, ::self.strides, ::self.strides, :]
-      y = (_matmul_cpu if cpu else _matmul)(x, kernel[0, 0])
+      matmul = cpu_grads.matmul if _use_cpu_grads(self.impl) else _matmul
+      y = matmul(x, kernel[0, 0])
     else:
       y = _conv(x, kernel, self.strides, pads, self.groups)
     if bias is not None:
       y = y + bias
     return y
+
+
+def _max_pool(x, window, stride, pads):
+  # The CPU rule is forward-mode safe (a JVP), so it needs no `impl`.
+  if jax.default_backend() == 'cpu':
+    return cpu_grads.max_pool(x, window, stride, pads)
+  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
 
 
 def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
@@ -194,7 +178,7 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   for size in x.shape[1:3]:
     out = -(-(size - window) // stride) + 1
     pads.append((0, max(0, (out - 1) * stride + window - size)))
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+  return _max_pool(x, window, stride, tuple(pads))
 
 
 def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
@@ -203,8 +187,8 @@ def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
 
   Floor mode; `padding=0` is PyTorch's plain `MaxPool2d(window, stride)`.
   """
-  pad = ((padding, padding), (padding, padding))
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pad)
+  pads = ((padding, padding), (padding, padding))
+  return _max_pool(x, window, stride, pads)
 
 
 def avg_pool(x: jax.Array, window: int = 3, stride: int = 1,
@@ -328,32 +312,93 @@ class SqueezeExcite(nn.Module):
     return x * s.astype(x.dtype)
 
 
-def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
-               epsilon: float = BN_EPSILON, dtype: Optional[Dtype] = None,
-               param_dtype: Dtype = jnp.float32) -> ModuleDef:
-  """A BatchNorm factory with the reference networks' settings.
+class BatchNorm(nn.Module):
+  """Flax's `nn.BatchNorm` over N, H, W of NHWC input: the same variables
+  (`scale`, `bias`; `batch_stats` `mean`, `var`), the same forward, bit for
+  bit; in training on CPU (`impl='auto'`) with the closed-form gradient of
+  `cpu_grads.batch_norm_train`.
 
   Under `jax.jit` over a sharded batch the statistics are those of the
   global batch, so no `axis_name` is needed.
+
+  Attributes:
+    use_running_average: normalise with the running statistics (eval).
+    momentum: weight of the old running value (Flax convention).
+    epsilon: added to the variance.
+    dtype: output dtype (statistics and normalisation are float32).
+    param_dtype: dtype of `scale` and `bias`.
+    scale_init: `scale`'s initialiser (zeros for zero-init residuals).
+    impl: as `Conv2d.impl`.
   """
-  return lambda name, scale_init=nn.initializers.ones: nn.BatchNorm(
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+  impl: str = 'auto'
+
+  def __post_init__(self):
+    check_layer_impl(self.impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
+                            jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
+                           jnp.float32)
+    scale = self.param('scale', self.scale_init, (features,),
+                       self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,),
+                      self.param_dtype)
+    if self.use_running_average:
+      y = cpu_grads.normalize(x, ra_mean.value, ra_var.value, scale, bias,
+                            self.epsilon)
+    else:
+      cpu = _use_cpu_grads(self.impl)
+      # With the CPU rule the gradient comes from batch_norm_train, which
+      # computes the same statistics (XLA computes them once).
+      mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
+      if not self.is_initializing():
+        ra_mean.value = (self.momentum * ra_mean.value
+                         + (1 - self.momentum) * mean)
+        ra_var.value = (self.momentum * ra_var.value
+                        + (1 - self.momentum) * var)
+      if cpu:
+        y = cpu_grads.batch_norm_train(x, scale, bias, self.epsilon)
+      else:
+        y = cpu_grads.normalize(x, mean, var, scale, bias, self.epsilon)
+    return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
+def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
+               epsilon: float = BN_EPSILON, dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32,
+               impl: str = 'auto') -> ModuleDef:
+  """A `BatchNorm` factory with the reference networks' settings:
+  `norm(name, scale_init=ones)`."""
+  return lambda name, scale_init=nn.initializers.ones: BatchNorm(
       use_running_average=not train, momentum=momentum, epsilon=epsilon,
-      dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+      dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+      impl=impl, name=name)
 
 
 def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
               param_dtype: Dtype, bn_momentum: float = BN_MOMENTUM,
-              bn_epsilon: float = BN_EPSILON, conv_impl: str = 'auto'):
+              bn_epsilon: float = BN_EPSILON, layer_impl: str = 'auto'):
   """The `(conv, norm, se)` factories a model builds once and passes down.
 
-  Each carries the compute dtype and parameter dtype; `conv` also the
-  `Conv2d.impl`; `norm` the BN mode (`use_running_average=not train`),
-  momentum and epsilon; `se` is None for the plain network.
+  Each carries the compute dtype and parameter dtype; `conv` and `norm`
+  also `layer_impl` (their `impl`); `norm` the BN mode
+  (`use_running_average=not train`), momentum and epsilon; `se` is None for
+  the plain network.
   """
   conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype,
-                           impl=conv_impl)
+                           impl=layer_impl)
   norm = batch_norm(train, momentum=bn_momentum, epsilon=bn_epsilon,
-                    dtype=dtype, param_dtype=param_dtype)
+                    dtype=dtype, param_dtype=param_dtype, impl=layer_impl)
   if se is not None:
     se = functools.partial(se, dtype=dtype, param_dtype=param_dtype)
   return conv, norm, se

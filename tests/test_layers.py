@@ -179,13 +179,13 @@ def test_cpu_1x1_weight_gradient_reads_its_operands_in_place():
   assert not _copies_in_compiled_gradient('auto')
 
 
-def test_conv_impl_xla_allows_forward_mode_and_bad_impl_is_named():
+def test_layer_impl_xla_allows_forward_mode_and_bad_impl_is_named():
   x = jnp.ones((1, 4, 4, 8))
   conv = layers.Conv2d(4, 1, impl='xla')
   variables = conv.init(jax.random.key(0), x)
   _, tangent = jax.jvp(lambda x: conv.apply(variables, x), (x,), (x,))
   np.testing.assert_allclose(tangent, conv.apply(variables, x), rtol=1e-6)
-  with pytest.raises(ValueError, match="conv_impl must be one of"):
+  with pytest.raises(ValueError, match="layer_impl must be one of"):
     layers.Conv2d(4, 1, impl='oneDNN')
 
 

@@ -90,11 +90,11 @@ def test_every_parameter_gets_a_gradient(tiny_batch):
     assert float(jnp.abs(g).max()) > 0, path
 
 
-def test_conv_impl_changes_speed_not_the_function(tiny_batch):
+def test_layer_impl_changes_speed_not_the_function(tiny_batch):
   # 'auto' uses CPU-only gradient rules (PERFORMANCE.md); 'xla' plain ops,
   # which forward-mode autodiff needs.
   auto = _tiny(zero_init_last_bn=False)
-  xla = _tiny(zero_init_last_bn=False, conv_impl='xla')
+  xla = _tiny(zero_init_last_bn=False, layer_impl='xla')
   variables = auto.init(jax.random.key(1), tiny_batch, train=False)
 
   def loss(model, params):
@@ -112,8 +112,8 @@ def test_conv_impl_changes_speed_not_the_function(tiny_batch):
   _, jvp = jax.jit(lambda p, t: jax.jvp(functools.partial(loss, xla), (p,),
                                         (t,)))(variables['params'], tangent)
   assert np.isfinite(float(jvp))
-  with pytest.raises(ValueError, match='conv_impl must be one of'):
-    se_flax.create_model('seresnet_tiny', conv_impl='cudnn')
+  with pytest.raises(ValueError, match='layer_impl must be one of'):
+    se_flax.create_model('seresnet_tiny', layer_impl='cudnn')
 
 
 def test_bf16_compute_keeps_fp32_params_and_logits(tiny_batch):

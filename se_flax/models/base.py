@@ -28,7 +28,8 @@ class Network(nn.Module, kw_only=True):
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype` and the
       logits are float32.
     param_dtype: parameter dtype.
-    conv_impl: `layers.Conv2d.impl`, 'auto' or 'xla'.
+    layer_impl: the `impl` of every convolution, BatchNorm and max pool:
+      'auto' (CPU gradient rules on the CPU backend) or 'xla' (`layers`).
   """
   num_classes: int = 1000
   se: Optional[ModuleDef] = None
@@ -37,10 +38,10 @@ class Network(nn.Module, kw_only=True):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
+  layer_impl: str = 'auto'
 
   def __post_init__(self):
-    layers.check_conv_impl(self.conv_impl)
+    layers.check_layer_impl(self.layer_impl)
     super().__post_init__()
 
   def layer_factories(self, train: bool):
@@ -48,7 +49,7 @@ class Network(nn.Module, kw_only=True):
     return layers.factories(
         train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        conv_impl=self.conv_impl)
+        layer_impl=self.layer_impl)
 
   def classify(self, features: jax.Array, *, train: bool,
                dropout: bool = True) -> jax.Array:

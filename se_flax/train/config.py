@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.se_stages = placeholder(tuple)  # e.g. (4,): SE in stage 4 only.
   c.model.drop_rate = placeholder(float)
   c.model.zero_init_last_bn = placeholder(bool)
-  c.model.conv_impl = placeholder(str)  # 'auto' | 'xla' (layers.Conv2d)
+  c.model.layer_impl = placeholder(str)  # 'auto' | 'xla' (layers.LAYER_IMPLS)
   c.model.bn_momentum = 0.9  # Flax convention: PyTorch's 0.1.
   # 0: BN statistics over the global batch; k > 1: over k equal groups
   # (k = device count reproduces pmap-era per-device BN).

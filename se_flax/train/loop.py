@@ -26,7 +26,7 @@ from se_flax.train.state import TrainState
 _SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
               'se_gate': 'gate', 'se_use_bias': 'use_bias'}
 _MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
-                 'conv_impl')
+                 'layer_impl')
 
 
 @dataclasses.dataclass
