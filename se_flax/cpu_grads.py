@@ -3,11 +3,11 @@
 `layers` uses these only when the backend is the CPU (decided at trace
 time); elsewhere it uses plain XLA ops and JAX's own derivatives. Each
 function returns exactly what the plain version returns (forward bit for
-bit) and its gradient equals JAX's to float rounding (tests/test_layers.py).
-`matmul` and `batch_norm_train` are `jax.custom_vjp` (reverse mode only:
-layers with `impl='xla'` do without them); `max_pool` is a
-`jax.custom_jvp`, so both modes work. Measurements: PERFORMANCE.md,
-entries 2 and 11.
+bit) and its gradient equals JAX's to float rounding
+(tests/test_cpu_grads.py, tests/test_layers.py). `matmul` and
+`batch_norm_train` are `jax.custom_vjp` (reverse mode only: layers with
+`impl='xla'` do without them); `max_pool` is a `jax.custom_jvp`, so both
+modes work. Measurements: PERFORMANCE.md, entries 2, 11 and 12.
 """
 
 import functools
@@ -127,7 +127,8 @@ def _max_pool_jvp(window, stride, pads, primals, tangents):
 
 def max_pool(x: jax.Array, window: int, stride: int,
              pads: Sequence[Tuple[int, int]]) -> jax.Array:
-  """`nn.max_pool` (NHWC, square window, -inf `pads` on H and W)."""
+  """`nn.max_pool` (NHWC, square window, -inf `pads` on H and W) with the
+  scatter-add gradient above."""
   pads = tuple(tuple(int(p) for p in pair) for pair in pads)
   if x.size >= np.iinfo(np.int32).max:  # Flat int32 indices would overflow.
     return _max_pool(x, window, stride, pads)
