@@ -355,7 +355,7 @@ class BatchNorm(nn.Module):
                       self.param_dtype)
     if self.use_running_average:
       y = cpu_grads.normalize(x, ra_mean.value, ra_var.value, scale, bias,
-                            self.epsilon)
+                              self.epsilon)
     else:
       cpu = _use_cpu_grads(self.impl)
       # With the CPU rule the gradient comes from batch_norm_train, which

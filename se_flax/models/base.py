@@ -28,8 +28,8 @@ class Network(nn.Module, kw_only=True):
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype` and the
       logits are float32.
     param_dtype: parameter dtype.
-    layer_impl: the `impl` of every convolution, BatchNorm and max pool:
-      'auto' (CPU gradient rules on the CPU backend) or 'xla' (`layers`).
+    layer_impl: the `impl` of every convolution and BatchNorm: 'auto' (CPU
+      gradient rules on the CPU backend) or 'xla' (`layers.LAYER_IMPLS`).
   """
   num_classes: int = 1000
   se: Optional[ModuleDef] = None
