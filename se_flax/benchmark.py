@@ -236,11 +236,10 @@ def matmul_peak_variant(dtype, size: Optional[int] = None,
   def run(n: int):
     jax.block_until_ready([matmul(a, b) for _ in range(n * calls)])
 
-  v = Variant(label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
-              framework='jax', kind='peak', batch=1, run=run,
-              flops_per_image=2.0 * size ** 3)
-  v.handle = {'size': size, 'calls': calls}
-  return v
+  return Variant(label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
+                 framework='jax', kind='peak', batch=1, run=run,
+                 flops_per_image=2.0 * size ** 3,
+                 handle={'size': size, 'calls': calls})
 
 
 def peak_of(v: 'Variant') -> Dict[str, float]:
@@ -327,11 +326,11 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
                  compiler_options: Any = 'default') -> List[Variant]:
   """The se_flax train step and/or inference of one model, ready to time.
 
-  The state and the jitted steps come from `train/loop.py`
-  (`create_state`, `jit_steps`), so this times what training runs.
-  `compiler_options`: as `loop.jit_steps`.
+  The model, the state and the jitted steps come from `train/loop.py`
+  (`build_model`, `create_state`, `jit_steps`), so this times what
+  training runs. `model_overrides`: `config.model` fields, e.g.
+  `{'layer_impl': 'xla'}`. `compiler_options`: as `loop.jit_steps`.
   """
-  from se_flax.models import registry
   from se_flax.train import loop, optim, sharding
 
   devices = jax.device_count()
@@ -339,11 +338,11 @@ def jax_variants(model_name: str, batch: int, image_size: int, dtype,
     raise ValueError(f'batch {batch} is not a multiple of the {devices} '
                      'devices')
   config = _train_config(batch, dtype)
-  overrides = dict(model_overrides or {})
-  if not se:
-    overrides['se'] = None
-  model = registry.create_model(model_name, num_classes=NUM_CLASSES,
-                                dtype=jnp.dtype(dtype), **overrides)
+  config.model.name = model_name
+  config.model.se = se
+  config.lock()  # A misspelt override fails here.
+  config.model.update(model_overrides or {})
+  model = loop.build_model(config, NUM_CLASSES)
   label = label or (model_name if se else f'{model_name} (SE off)')
   flops = flops_per_image(model, image_size)
   mesh = sharding.create_mesh()
