@@ -2,8 +2,15 @@
 
 Overrides go on the command line (`--config.batch_size=512`); the config
 is locked, so a misspelt field is an error. Restarting with the same
-workdir resumes from its latest checkpoint.
+workdir resumes from its newest intact checkpoint.
+
+Exit status, for schedulers:
+  0   finished (num_train_steps reached)
+  1   failed; the last line of stderr names the cause and the path
+  75  preempted (SIGTERM): the state was saved, run the same command again
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -14,6 +21,9 @@ config_flags.DEFINE_config_file('config', None, 'Training config file.',
 flags.DEFINE_string('workdir', None, 'Checkpoints, summaries, config.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
+EXIT_FAILED = 1
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
+
 
 class _QuietOrbax(logging.logging.Filter):
   """Keeps Orbax's per-save INFO chatter out of the training log."""
@@ -23,20 +33,45 @@ class _QuietOrbax(logging.logging.Filter):
             or '/orbax/' not in record.pathname)
 
 
+def _expected_errors() -> tuple:
+  """Failures with a message meant for the user: no traceback for these."""
+  from se_flax.train import checkpoint, loop, resume, workdir_lock
+  errors = [ValueError, OSError, checkpoint.CheckpointError,
+            resume.ResumeMismatchError, workdir_lock.WorkdirInUseError,
+            loop.NoIntactCheckpointError, loop.NonFiniteStepError]
+  if 'se_flax.data.records' in sys.modules:
+    errors.append(sys.modules['se_flax.data.records'].CorruptRecordError)
+  return tuple(errors)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  config = FLAGS.config
   # TensorFlow is only the input pipeline: keep it off the accelerators
   # before it runs a single op.
-  if FLAGS.config.data.source != 'synthetic':
+  if config.data.source != 'synthetic':
     from se_flax.data.tf_setup import hide_accelerators_from_tf
     hide_accelerators_from_tf()
-  import jax
-  from se_flax.train import loop
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
-  loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from se_flax.train import loop, sharding
+  try:
+    # Before anything asks JAX about devices: that starts the backend.
+    sharding.initialize_distributed(config)
+    import jax
+    logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices())
+    result = loop.train_and_evaluate(config, FLAGS.workdir)
+  except _expected_errors() as e:
+    print(f'train.py: error: {type(e).__name__}: {e}', file=sys.stderr,
+          flush=True)
+    return EXIT_FAILED
+  if result.preempted:
+    print(f'train.py: preempted at step {int(result.state.step)}; state '
+          f'saved in {FLAGS.workdir}. Exit {EXIT_PREEMPTED}: run the same '
+          'command to resume.', file=sys.stderr, flush=True)
+    return EXIT_PREEMPTED
+  return 0
 
 
 if __name__ == '__main__':

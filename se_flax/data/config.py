@@ -46,6 +46,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     prefetch: batches prefetched on the host; -1 = AUTOTUNE.
     cache: keep the raw records (JPEG bytes, not pixels) in host memory
       after the first pass; only for small datasets.
+    skip_corrupt_records: train past corrupt or truncated record files
+      instead of stopping with `CorruptRecordError` (which names the file and
+      the byte offset): the records that can not be read (for a damaged
+      file, all of it past the damage) are skipped each epoch, counted in the
+      train iterator's `num_corrupt_records`, and warned about once per
+      file; their batch slots take copies of other examples, so batches stay
+      a function of (seed, step) and resumption stays exact. Evaluation
+      never skips: a damaged eval file is always an error.
   """
   c = ml_collections.ConfigDict()
   c.name = 'imagenet2012'
@@ -71,4 +79,5 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.threads = 0
   c.prefetch = 4
   c.cache = False
+  c.skip_corrupt_records = False
   return c

@@ -41,6 +41,16 @@ caught per example, counted and logged. In eval its mask is False. In
 training its slot takes a copy of another example of the same batch, which
 keeps batch shapes and the step -> batch mapping intact; a batch with no
 decodable image at all is an error.
+
+Damaged record files: a corrupt or truncated TFRecord file (TF's bare
+`DataLossError: corrupted record at N`) raises `CorruptRecordError`, naming
+the file and the byte offset. With `skip_corrupt_records` set, training
+instead skips the records it can not read (for a damaged file, all of it past
+the damage), counts them in `num_corrupt_records` and warns once per file.
+Each such record keeps its position in the stream and its slot takes a copy
+of another example of the batch, as for undecodable images, so the batches
+stay a function of (seed, step) for the same files and resumption stays
+exact. Evaluation never skips: a damaged eval file is always an error.
 """
 
 import dataclasses
@@ -73,6 +83,9 @@ class DatasetInfo:
 
 class DataNotFoundError(FileNotFoundError):
   """The TFDS dataset is not prepared where the config points."""
+
+
+CorruptRecordError = records.CorruptRecordError
 
 
 def dataset_info(data_config) -> DatasetInfo:
@@ -149,7 +162,9 @@ def train_dataset(
 
   Returns:
     tf.data.Dataset of {'image': uint8 [B, S, S, 3], 'label': int32 [B],
-    'num_skipped': int32 []}, S = data_config.image_size.
+    'num_skipped': int32 [], 'lost_from': tf.string [k]}, S =
+    data_config.image_size; lost_from holds the file of each of the batch's
+    k records lost to a damaged file (their rows are copies; see `_Damage`).
   """
   local = _local_batch(global_batch_size, process_count)
   builder = _builder(data_config)
@@ -162,8 +177,12 @@ def train_dataset(
   root = tf.constant([seed, process_index], tf.int64)
   aug_root, order_root = fold(root, 0), fold(root, 1)
   cycle = data_config.file_cycle_length
+  stand_in = records.stand_in_record(
+      data_config.image_key, data_config.label_key
+  )
   if data_config.cache:  # one fixed file order, read once, then from memory
-    cached = records.read(shard, cycle_length=cycle).cache()
+    cached = records.read(shard, cycle_length=cycle, stand_in=stand_in)
+    cached = cached.cache()
   buffer = max(1, min(data_config.shuffle_buffer, n))
 
   def epoch(e):
@@ -175,11 +194,14 @@ def train_dataset(
     if data_config.cache:
       recs = cached
     else:
-      recs = records.read(shard, order_seed=file_seed, cycle_length=cycle)
+      recs = records.read(
+          shard, order_seed=file_seed, cycle_length=cycle, stand_in=stand_in
+      )
     positions = tf.data.Dataset.range(e * n, (e + 1) * n)
     return tf.data.Dataset.zip(positions, recs.shuffle(buffer, buffer_seed))
 
   # Skipped before parsing and decoding: resuming costs only record reads.
+  # Lost records have stand-ins, so every epoch has n positions.
   ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
   ds = ds.skip(offset)
   parse = records.parse_fn(
@@ -198,19 +220,37 @@ def train_dataset(
       jpeg=_is_jpeg(builder, data_config),
   )
 
-  def decode(position, image, label):
+  def decode(position, image, label, lost_from):
     image = preprocess(image, fold(aug_root, position))
-    return {'image': image, 'label': label}
+    return {'image': image, 'label': label, 'lost_from': lost_from}
+
+  def prepare_batch(positions, recs):
+    recs, lost_from = recs
+    return (positions, *parse(recs), lost_from)
 
   ds = records.map_and_batch_catching_errors(
       ds,
       decode,
-      lambda *_: _blank(data_config.image_size),
+      lambda _, recs: {**_blank(data_config.image_size), 'lost_from': recs[1]},
       batch_size=local,
       num_parallel_calls=data_config.num_parallel_calls,
-      prepare_batch=lambda positions, recs: (positions, *parse(recs)),
+      prepare_batch=prepare_batch,
   )
-  ds = ds.map(records.fill_failed).prefetch(data_config.prefetch)
+
+  def fill(batch):
+    batch = dict(batch)
+    lost_from = batch.pop('lost_from')
+    lost = lost_from != ''
+    batch['ok'] &= ~lost  # stand-ins decode, but are failed rows too
+    batch = records.fill_failed(batch)
+    num_lost = tf.reduce_sum(tf.cast(lost, tf.int32))
+    return {
+        **batch,
+        'num_skipped': batch['num_skipped'] - num_lost,
+        'lost_from': tf.boolean_mask(lost_from, lost),
+    }
+
+  ds = ds.map(fill).prefetch(data_config.prefetch)
   return ds.with_options(_options(data_config))
 
 
@@ -222,6 +262,62 @@ def _log_skips(kind: str, step: int, new: int, total: int) -> None:
     )
 
 
+class _Damage:
+  """Judges the records a batch lost to damaged files (`records.read`)."""
+
+  def __init__(self, kind: str, shard: records.Shard, skip: bool):
+    self._kind = kind
+    self._shard = shard
+    self._skip = skip
+    self._known = set()
+
+  def __call__(self, lost_from: np.ndarray, step: int) -> int:
+    """Raises `CorruptRecordError`, or returns the count if skipping.
+
+    Args:
+      lost_from: bytes [k], the file of each record lost in the batch.
+      step: the batch's step (train) or index (eval), for the log.
+    """
+    for path in sorted({p.decode() for p in lost_from} - self._known):
+      offset, what = records.find_damage(path, self._shard.min_records(path))
+      if offset is None:  # skipping it would make the stream irreproducible
+        hint = (
+            'Nothing is skipped for a failure a re-read does not reproduce '
+            '(the batches would stop being a function of the seed and '
+            'step); resume from the last checkpoint.'
+        )
+      elif self._kind == 'eval':
+        hint = (
+            'Evaluation never skips records, whatever '
+            'config.data.skip_corrupt_records says: restore the file (e.g. '
+            'prepare the dataset again).'
+        )
+      elif not self._skip:
+        hint = (
+            'Restore the file (e.g. prepare the dataset again), or set '
+            'config.data.skip_corrupt_records = True to train past the '
+            'records it can not read (they are counted, and their batch '
+            'slots take copies of other examples).'
+        )
+      else:
+        logging.warning(
+            '%s input: skipping the unreadable records of %s (%s), first '
+            'met in batch %d; skip_corrupt_records is set, so they are counted '
+            'in num_corrupt_records and their slots take copies of other '
+            'examples of the batch.',
+            self._kind.capitalize(), path, what, step,
+        )
+        self._known.add(path)
+        continue
+      raise CorruptRecordError(
+          f'{self._kind.capitalize()} record file {path} is damaged: {what}. '
+          + hint,
+          path=path,
+          offset=offset,
+      )
+    return len(lost_from)
+
+
 class TrainIterator:
   """Numpy training batches of one process, forever; see `train_dataset`.
 
@@ -229,13 +325,26 @@ class TrainIterator:
     info: `DatasetInfo` of the dataset.
     step: global step of the next batch.
     num_skipped: undecodable images met so far by this process.
+    num_corrupt_records: records lost to damaged record files met so far by
+      this process (only with skip_corrupt_records; else they raise
+      `CorruptRecordError`).
   """
 
-  def __init__(self, ds: tf.data.Dataset, info: DatasetInfo, start_step: int):
+  def __init__(
+      self,
+      ds: tf.data.Dataset,
+      info: DatasetInfo,
+      start_step: int,
+      *,
+      shard: records.Shard,
+      skip_corrupt_records: bool = False,
+  ):
     self._it = ds.as_numpy_iterator()
+    self._damage = _Damage('train', shard, skip_corrupt_records)
     self.info = info
     self.step = start_step
     self.num_skipped = 0
+    self.num_corrupt_records = 0
 
   @property
   def num_train_examples(self) -> int:
@@ -250,6 +359,9 @@ class TrainIterator:
 
   def __next__(self) -> Dict[str, np.ndarray]:
     batch = next(self._it)
+    lost_from = batch.pop('lost_from')
+    if lost_from.size:
+      self.num_corrupt_records += self._damage(lost_from, self.step)
     skipped = int(batch.pop('num_skipped'))
     if skipped:
       self.num_skipped += skipped
@@ -280,7 +392,12 @@ def create_train_iterator(
   Returns:
     A `TrainIterator` of {'image': uint8 [B, S, S, 3] NHWC, 'label': int32
     [B]} with B = global_batch_size // process_count, S = image_size; it
-    also exposes `num_train_examples`, `num_classes` and `num_skipped`.
+    also exposes `num_train_examples`, `num_classes`, `num_skipped` and
+    `num_corrupt_records`.
+
+  Raises (when iterated):
+    CorruptRecordError: a record file is corrupt or truncated, unless
+      data_config.skip_corrupt_records.
   """
   ds = train_dataset(
       data_config,
@@ -290,7 +407,19 @@ def create_train_iterator(
       process_index=process_index,
       process_count=process_count,
   )
-  return TrainIterator(ds, dataset_info(data_config), start_step)
+  shard = records.process_shard(
+      _builder(data_config),
+      data_config.train_split,
+      process_index,
+      process_count,
+  )
+  return TrainIterator(
+      ds,
+      dataset_info(data_config),
+      start_step,
+      shard=shard,
+      skip_corrupt_records=data_config.skip_corrupt_records,
+  )
 
 
 def eval_dataset(
@@ -303,7 +432,9 @@ def eval_dataset(
   """Returns (tf.data.Dataset, num_examples, num_local, num_batches).
 
   The dataset yields {'image': uint8 [B, S, S, 3], 'label': int32 [B],
-  'mask': bool [B], 'num_skipped': int32 []}, S = eval image size.
+  'mask': bool [B], 'num_skipped': int32 [], 'lost_from': tf.string [k]},
+  S = eval image size; lost_from holds the file of each of the batch's k
+  records lost to a damaged file (masked out; `EvalIterable` raises).
   """
   local = _local_batch(global_batch_size, process_count)
   builder = _builder(data_config)
@@ -313,7 +444,13 @@ def eval_dataset(
   num_batches = math.ceil(math.ceil(total / process_count) / local)
   shard = records.process_shard(builder, split, process_index, process_count)
   size = data_config.eval_image_size or data_config.image_size
-  ds = records.read(shard, cycle_length=data_config.file_cycle_length)
+  ds = records.read(
+      shard,
+      cycle_length=data_config.file_cycle_length,
+      stand_in=records.stand_in_record(
+          data_config.image_key, data_config.label_key
+      ),
+  )
   if data_config.cache:
     ds = ds.cache()
   parse = records.parse_fn(
@@ -328,29 +465,47 @@ def eval_dataset(
       jpeg=_is_jpeg(builder, data_config),
   )
 
-  def decode(image, label, real):
-    return {'image': preprocess(image), 'label': label, 'real': real}
+  def decode(image, label, real, lost_from):
+    return {
+        'image': preprocess(image),
+        'label': label,
+        'real': real,
+        'lost_from': lost_from,
+    }
 
   # Padding records are empty and fail to parse on purpose: the fallback
   # gives them mask False, and only the last batch or two pay for it.
   pad = num_batches * local - shard.num_examples
-  ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensors(True).repeat())
+  ds = ds.map(lambda record, lost_from: (record, True, lost_from))
   ds = ds.concatenate(
-      tf.data.Dataset.from_tensors((tf.constant(b''), False)).repeat(pad)
+      tf.data.Dataset.from_tensors(
+          (tf.constant(b''), False, tf.constant(''))
+      ).repeat(pad)
   )
   ds = records.map_and_batch_catching_errors(
       ds,
       decode,
-      lambda record, real: {**_blank(size), 'real': real},
+      lambda record, real, lost_from: {
+          **_blank(size),
+          'real': real,
+          'lost_from': lost_from,
+      },
       batch_size=local,
       num_parallel_calls=data_config.num_parallel_calls,
-      prepare_batch=lambda recs, real: (*parse(recs), real),
+      prepare_batch=lambda recs, real, lost: (*parse(recs), real, lost),
   )
 
   def to_mask(batch):
     ok, real = batch.pop('ok'), batch.pop('real')
+    lost_from = batch.pop('lost_from')
+    lost = lost_from != ''
     skipped = tf.reduce_sum(tf.cast(real & ~ok, tf.int32))
-    return {**batch, 'mask': ok & real, 'num_skipped': skipped}
+    return {
+        **batch,
+        'mask': ok & real & ~lost,
+        'num_skipped': skipped,
+        'lost_from': tf.boolean_mask(lost_from, lost),
+    }
 
   ds = ds.map(to_mask).prefetch(data_config.prefetch)
   return ds.with_options(_options(data_config)), total, shard.num_examples, (
@@ -368,10 +523,22 @@ class EvalIterable:
     num_local_examples: real examples of this process.
     num_batches: batches per pass, equal on all processes.
     num_skipped: undecodable images in the last pass (this process).
+
+  A record lost to a damaged eval file raises `CorruptRecordError`, even
+  with skip_corrupt_records: a metric never silently covers less.
   """
 
-  def __init__(self, ds, num_examples, num_local_examples, num_batches):
+  def __init__(
+      self,
+      ds,
+      num_examples,
+      num_local_examples,
+      num_batches,
+      *,
+      shard: records.Shard,
+  ):
     self._ds = ds
+    self._damage = _Damage('eval', shard, skip=False)
     self.num_examples = num_examples
     self.num_local_examples = num_local_examples
     self.num_batches = num_batches
@@ -383,6 +550,9 @@ class EvalIterable:
   def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
     self.num_skipped = 0
     for step, batch in enumerate(self._ds.as_numpy_iterator()):
+      lost_from = batch.pop('lost_from')
+      if lost_from.size:
+        self._damage(lost_from, step)  # raises
       skipped = int(batch.pop('num_skipped'))
       if skipped:
         self.num_skipped += skipped
@@ -408,6 +578,10 @@ def create_eval_iterator(
   Returns:
     An `EvalIterable`; its `num_examples` is the split size, and the masks
     over all processes and batches sum to it, less undecodable images.
+
+  Raises (when iterated):
+    CorruptRecordError: an eval record file is corrupt or truncated
+      (whatever data_config.skip_corrupt_records says).
   """
   ds, total, local_total, num_batches = eval_dataset(
       data_config,
@@ -415,4 +589,10 @@ def create_eval_iterator(
       process_index=process_index,
       process_count=process_count,
   )
-  return EvalIterable(ds, total, local_total, num_batches)
+  shard = records.process_shard(
+      _builder(data_config),
+      data_config.eval_split,
+      process_index,
+      process_count,
+  )
+  return EvalIterable(ds, total, local_total, num_batches, shard=shard)

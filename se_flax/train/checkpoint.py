@@ -1,75 +1,212 @@
-"""Orbax checkpoints: latest-N for resumption, best-by-top-1, exports.
+"""Orbax checkpoints that are verified before use: latest-N, best, exports.
 
 Layout of a workdir:
   config.json             the resolved config of the run
   checkpoints/<step>/     latest `keep` train states (async saves)
-  best/<step>/            the state with the best eval top-1
+  best/<step>/            the state with the best eval top-1 (one)
+  corrupt/                checkpoints found unusable on a restart, moved
+                          aside (never deleted), with a note of the reason
 Each checkpoint holds the whole `TrainState` (params, BN statistics,
-optimizer state, EMA, step, rng) plus JSON metadata; the data position is
-a function of (seed, step), so the step is all the input pipeline needs.
-Orbax writes into a temporary directory and renames it when complete, so
-an interrupted save never leaves a half-written checkpoint behind.
+optimizer state, EMA, step, rng) plus JSON metadata: the step, the model,
+the resolved config, the eval metrics (best/), and a manifest of SHA-256
+checksums of every state leaf (`integrity.py`). A save is refused if any
+value is non-finite; a restore recomputes the checksums from what it read
+and refuses any difference. Orbax writes into a temporary directory and
+renames it when complete, so an interrupted save never leaves a
+half-written checkpoint under a step number.
 """
 
 import os
-import signal
-import threading
+import time
+import zipfile
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from se_flax.train import integrity
 
 
-def _manager(directory: str, policy, async_save: bool):
+class CheckpointError(RuntimeError):
+  """A checkpoint cannot be used or written; the message names its path."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's files cannot be read or do not match its manifest."""
+
+
+class NonFiniteStateError(CheckpointError, FloatingPointError):
+  """A state with NaN or infinite values was offered for saving."""
+
+
+def workdir_path(path: str) -> epath.Path:
+  """An absolute local path, or the URL unchanged (gs://...)."""
+  if '://' in str(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(path))
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(error).split()) or type(error).__name__
+  # TensorStore appends a dump of its whole spec; the cause comes first.
+  text = text.split(' See full TensorStore details')[0]
+  return text if len(text) <= limit else text[:limit] + '...'
+
+
+def _manager(directory: epath.Path, keep: int, async_save: bool):
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=policy, enable_async_checkpointing=async_save,
-      create=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+      enable_async_checkpointing=async_save, create=True,
+      # Leftovers of a save that was killed; safe under the workdir lock.
+      cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def read_meta(step_dir: epath.Path) -> dict:
+  """The JSON metadata of one checkpoint directory."""
+  try:
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+      meta = checkpointer.restore(step_dir / 'meta')
+  except Exception as e:  # Missing, truncated or garbled JSON.
+    raise CorruptCheckpointError(
+        f'{step_dir}: metadata unreadable ({_one_line(e)})') from None
+  if not isinstance(meta, dict) or 'step' not in meta:
+    raise CorruptCheckpointError(f'{step_dir}: metadata is not a se_flax '
+                                 'checkpoint record')
+  return meta
+
+
+def verify(tree, meta: dict, where: str, partial: bool = False) -> None:
+  """Raises `CorruptCheckpointError` unless `tree` matches `meta`'s manifest.
+
+  Checkpoints from before manifests existed are accepted with a warning
+  (finiteness is still checked).
+  """
+  leaves = integrity.host_leaves(tree)
+  manifest = meta.get('checksums')
+  if manifest is None:
+    logging.warning('%s has no checksum manifest (saved by an older '
+                    'se_flax): its contents are not verified', where)
+  else:
+    wrong = integrity.mismatches(leaves, manifest, partial=partial)
+    if wrong:
+      raise CorruptCheckpointError(
+          f'{where}: contents do not match the checksums saved with it: '
+          f'{integrity.summarise(wrong)}')
+  bad = integrity.nonfinite(leaves)
+  if bad:
+    raise CorruptCheckpointError(f'{where}: non-finite values in '
+                                 f'{integrity.summarise(bad)}')
 
 
 class Checkpoints:
-  """The latest-N and best-top-1 managers of one workdir."""
+  """The latest-N and best-top-1 checkpoints of one workdir."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-    self.latest = _manager(os.path.join(workdir, 'checkpoints'),
-                           ocp.checkpoint_managers.LatestN(keep), async_save)
-    self.best = _manager(
-        os.path.join(workdir, 'best'),
-        ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['top1'], n=1,
-                                      keep_checkpoints_without_metrics=False),
-        async_save)
+    self.workdir = workdir_path(workdir)
+    self.latest = _manager(self.workdir / 'checkpoints', keep, async_save)
+    self.best = _manager(self.workdir / 'best', 1, async_save)
+    self._best_top1: Optional[float] = None
+    self._best_known = False
+
+  def steps(self) -> list[int]:
+    return sorted(self.latest.all_steps())
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
+
+  def step_dir(self, step: int, best: bool = False) -> epath.Path:
+    return self.workdir / ('best' if best else 'checkpoints') / str(step)
+
+  def meta(self, step: int, best: bool = False) -> dict:
+    return read_meta(self.step_dir(step, best))
+
+  def _sealed(self, step: int, state, meta: dict, where: epath.Path) -> dict:
+    """`meta` plus the state's checksums; refuses a non-finite state."""
+    leaves = integrity.host_leaves(state)
+    bad = integrity.nonfinite(leaves)
+    if bad:
+      raise NonFiniteStateError(
+          f'Refused to save step {step} to {where}: non-finite values in '
+          f'{integrity.summarise(bad)}. Nothing was written; the checkpoints '
+          'already on disk are unchanged.')
+    return {**meta, 'checksums': integrity.checksums(leaves)}
 
   def save(self, step: int, state, meta: dict) -> None:
     """Saves the latest state (async); a no-op if `step` exists."""
     if step in self.latest.all_steps():
       return
+    meta = self._sealed(step, state, meta, self.step_dir(step))
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
-  def save_best(self, step: int, state, meta: dict, metrics: dict) -> None:
-    """Offers the state to the best-top-1 manager, which keeps one."""
-    if step in self.best.all_steps():
-      return
-    self.best.save(step, metrics={'top1': float(metrics['top1'])},
-                   args=ocp.args.Composite(
-                       state=ocp.args.StandardSave(state),
-                       meta=ocp.args.JsonSave(meta)))
+  def best_top1(self) -> Optional[float]:
+    """Top-1 of the kept best checkpoint (read from disk once), or None."""
+    if not self._best_known:
+      self._best_known = True
+      step = self.best.latest_step()
+      if step is not None:
+        try:
+          self._best_top1 = float(self.meta(step, best=True)['metrics']
+                                  ['top1'])
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
+          logging.warning('%s: no readable top-1 (%s); the next evaluation '
+                          'replaces it', self.step_dir(step, True),
+                          _one_line(e))
+    return self._best_top1
 
-  def restore(self, abstract_state, step: Optional[int] = None):
-    """Restores onto `abstract_state`'s shapes and shardings.
+  def save_best(self, step: int, state, meta: dict, top1: float) -> bool:
+    """Keeps `state` as the best if its top-1 beats the kept one's."""
+    best = self.best_top1()
+    if (best is not None and top1 <= best) or step in self.best.all_steps():
+      return False
+    meta = self._sealed(step, state, {**meta, 'metrics': {'top1': top1}},
+                        self.step_dir(step, best=True))
+    self.best.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._best_top1 = top1
+    return True
+
+  def restore(self, abstract_state, step: Optional[int] = None,
+              meta: Optional[dict] = None):
+    """Restores and verifies one step onto `abstract_state`'s layout.
 
     The shardings come from the current mesh, so a checkpoint written on 8
-    devices restores on 1 and the reverse.
+    devices restores on 1 and the reverse. Raises `CorruptCheckpointError`
+    (naming the directory, and the model that saved it) if the files cannot
+    be read into that layout or do not match their checksums.
     """
     step = self.latest.latest_step() if step is None else step
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    if step is None:
+      raise CheckpointError(f'No checkpoint under {self.workdir}')
+    where = self.step_dir(step)
+    meta = self.meta(step) if meta is None else meta
+    try:
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # Damaged files, or another model's checkpoint.
+      raise CorruptCheckpointError(
+          f'{where}: cannot be restored ({_one_line(e)}); it was saved by '
+          f'model {meta.get("model")!r} with '
+          f'{meta.get("num_classes", "?")} classes') from None
+    verify(restored.state, meta, str(where))
+    return restored.state, meta
+
+  def quarantine(self, step: int, reason: str) -> epath.Path:
+    """Moves an unusable checkpoint to `corrupt/` (call on one process)."""
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+    target = self.workdir / 'corrupt' / f'checkpoints-{step}-{stamp}'
+    target.parent.mkdir(parents=True, exist_ok=True)
+    self.step_dir(step).rename(target)
+    (target / 'REASON.txt').write_text(reason + '\n')
+    return target
+
+  def reload(self) -> None:
+    """Re-reads the step lists (after `quarantine` on another process)."""
+    self.latest.reload()
 
   def wait(self) -> None:
     """Blocks until async saves are on disk; raises their errors."""
@@ -81,20 +218,45 @@ class Checkpoints:
     self.best.close()
 
 
-def _step_dir(workdir: str, step: Optional[int], best: bool) -> str:
-  directory = os.path.join(os.path.abspath(workdir),
-                           'best' if best else 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'No checkpoints under {directory!r}')
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
+  directory = workdir_path(workdir) / ('best' if best else 'checkpoints')
+  if not directory.is_dir():
+    raise FileNotFoundError(f'No checkpoints under {directory}')
+  steps = sorted(int(d.name) for d in directory.iterdir()
+                 if d.name.isdigit())
   if not steps:
-    raise FileNotFoundError(f'No finished checkpoint in {directory!r}')
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f'No checkpoint for step {step} in {directory!r}; '
-                            f'available: {steps}')
-  return os.path.join(directory, str(step))
+    raise FileNotFoundError(f'No finished checkpoint in {directory}')
+  return directory, steps
+
+
+def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
+  meta = read_meta(step_dir)
+  path = step_dir / 'state'
+  wanted = ('ema_params', 'ema_batch_stats') if ema else (
+      'params', 'batch_stats')
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    try:
+      metadata = checkpointer.metadata(path)
+    except Exception as e:
+      raise CorruptCheckpointError(
+          f'{path}: array metadata unreadable ({_one_line(e)})') from None
+    tree = getattr(getattr(metadata, 'item_metadata', None), 'tree', None)
+    if tree is None:
+      raise CorruptCheckpointError(
+          f'{path}: array metadata (_METADATA) missing or unreadable')
+    if ema and tree.get('ema_params') is None:
+      raise ValueError(f'{path} has no EMA weights (train with ema_decay > 0)')
+    item = {k: tree[k] for k in wanted}
+    as_numpy = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    try:
+      state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=as_numpy, partial_restore=True))
+    except Exception as e:
+      raise CorruptCheckpointError(
+          f'{path}: cannot be read ({_one_line(e)})') from None
+  verify(state, meta, str(step_dir), partial=True)
+  return {'params': state[wanted[0]], 'batch_stats': state[wanted[1]]}
 
 
 def load_variables(workdir: str, step: Optional[int] = None, *,
@@ -102,47 +264,26 @@ def load_variables(workdir: str, step: Optional[int] = None, *,
   """Loads `{'params', 'batch_stats'}` from a training workdir as numpy.
 
   For notebooks: needs neither the config nor the optimizer. `step` None
-  takes the latest; `best` reads the best-top-1 checkpoint; `ema` the EMA
-  weights (if the run kept them).
+  takes the newest intact checkpoint (a damaged newer one is skipped with
+  a warning); an explicit `step` that is damaged raises
+  `CorruptCheckpointError`. `best` reads the best-top-1 checkpoint; `ema`
+  the EMA weights (if the run kept them). Checksums are verified.
   """
-  path = os.path.join(_step_dir(workdir, step, best), 'state')
-  wanted = ('ema_params', 'ema_batch_stats') if ema else (
-      'params', 'batch_stats')
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(path).item_metadata.tree
-    if ema and tree.get('ema_params') is None:
-      raise ValueError(f'{path} has no EMA weights (train with ema_decay > 0)')
-    item = {k: tree[k] for k in wanted}
-    as_numpy = jax.tree_util.tree_map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=as_numpy, partial_restore=True))
-  return {'params': state[wanted[0]], 'batch_stats': state[wanted[1]]}
-
-
-class PreemptionWatcher:
-  """Turns SIGTERM into a flag that the loop checks at step boundaries.
-
-  A context manager, so the previous handler is always put back.
-  """
-
-  def __init__(self):
-    self._event = threading.Event()
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM,
-                                     lambda *_: self._event.set())
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  @property
-  def requested(self) -> bool:
-    return self._event.is_set()
+  directory, steps = _step_dirs(workdir, best)
+  if step is not None:
+    if step not in steps:
+      raise FileNotFoundError(f'No checkpoint for step {step} in '
+                              f'{directory}; available: {steps}')
+    return _load_step(directory / str(step), ema)
+  problems = []
+  for candidate in reversed(steps):
+    try:
+      return _load_step(directory / str(candidate), ema)
+    except CorruptCheckpointError as e:
+      logging.warning('Skipping checkpoint %d: %s', candidate, e)
+      problems.append(str(e))
+  raise CorruptCheckpointError(f'No intact checkpoint in {directory}: ' +
+                               ' | '.join(problems))
 
 
 def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
@@ -150,14 +291,15 @@ def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
   """Writes a checkpoint's `params`/`batch_stats` to a plain `.npz` file.
 
   Keys are '/'-joined paths ('params/stage1_block0/conv1/kernel'); numpy
-  alone reads it, `load_exported` gives back the nested variables.
+  alone reads it, `load_exported` gives back the nested variables. The
+  checkpoint is verified first.
   """
+  if not path.endswith('.npz'):
+    raise ValueError(f'Export path must end in .npz, got {path!r}')
   variables = load_variables(workdir, step, ema=ema, best=best)
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
           for key_path, v in jax.tree_util.tree_flatten_with_path(
               variables)[0]}
-  if not path.endswith('.npz'):
-    raise ValueError(f'Export path must end in .npz, got {path!r}')
   tmp = path[:-len('.npz')] + '.tmp.npz'
   np.savez(tmp, **flat)
   os.replace(tmp, path)  # Never a half-written export under `path`.
@@ -165,15 +307,25 @@ def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
 
 
 def load_exported(path: str) -> dict[str, Any]:
-  """Reads an `export_variables` file back into nested variables."""
+  """Reads an `export_variables` file back into nested variables.
+
+  The zip format checks each array's CRC-32, so damage is detected; it
+  raises `CorruptCheckpointError` naming `path`.
+  """
   variables: dict[str, Any] = {}
-  with np.load(path) as data:
-    for key in data.files:
-      *parents, leaf = key.split('/')
-      node = variables
-      for part in parents:
-        node = node.setdefault(part, {})
-      node[leaf] = data[key]
+  try:
+    with np.load(path) as data:
+      for key in data.files:
+        *parents, leaf = key.split('/')
+        node = variables
+        for part in parents:
+          node = node.setdefault(part, {})
+        node[leaf] = data[key]
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise CorruptCheckpointError(
+        f'{path}: not a readable se_flax export ({_one_line(e)})') from None
   return variables
 
 
@@ -185,13 +337,16 @@ def main(argv=None):
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--output', required=True, help='path ending in .npz')
   parser.add_argument('--step', type=int, default=None,
-                      help='checkpoint step (default: the latest)')
+                      help='checkpoint step (default: the newest intact)')
   parser.add_argument('--ema', action='store_true', help='the EMA weights')
   parser.add_argument('--best', action='store_true',
                       help='the best-top-1 checkpoint instead of the latest')
   args = parser.parse_args(argv)
-  path = export_variables(args.workdir, args.output, args.step, ema=args.ema,
-                          best=args.best)
+  try:
+    path = export_variables(args.workdir, args.output, args.step,
+                            ema=args.ema, best=args.best)
+  except (CheckpointError, FileNotFoundError, ValueError) as e:
+    raise SystemExit(f'error: {e}') from None
   print(f'wrote {path}')
 
 

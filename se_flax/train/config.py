@@ -67,7 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.label_smoothing = 0.0
   c.ema_decay = 0.0  # > 0 keeps (and evaluates) an EMA of the weights.
-  c.nonfinite = 'skip'  # 'skip' the step (counted) | 'stop' the run.
+  # A step with a non-finite loss, gradient or new state is never applied:
+  # 'skip' it (counted in train/skipped_steps) | 'stop' the run within
+  # loop.NONFINITE_MAX_LAG steps, saving nothing after it.
+  c.nonfinite = 'skip'
 
   c.log_every_steps = 100
   c.eval_every_epochs = 1.0
@@ -75,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.prefetch_batches = 2
+  # Restarting a workdir: run-defining fields (resume.py) that may differ
+  # from the stored run, comma-separated ('batch_size,seed'), or 'all'.
+  c.resume_allow_changes = ''
+  # Checkpoints exist but none is intact: False refuses to start; True
+  # moves them to corrupt/ and trains from scratch.
+  c.start_fresh_if_no_intact_checkpoint = False
 
   c.distributed = ml_collections.ConfigDict()
   c.distributed.enabled = False

@@ -4,13 +4,14 @@ Setup (config check, mesh, data, model, state, checkpoint restore) is split
 into small functions; the loop itself only steps, logs, evaluates, saves.
 """
 
+import collections
 import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +20,17 @@ import numpy as np
 from absl import logging
 
 from se_flax.models import registry
-from se_flax.train import checkpoint, optim, sharding, steps, writers
+from se_flax.train import checkpoint, optim, resume, sharding, steps
+from se_flax.train import preemption as preemption_lib
+from se_flax.train import workdir_lock, writers
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
 
 _SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
               'se_gate': 'gate', 'se_use_bias': 'use_bias'}
+# With nonfinite='stop', the most steps run after a non-finite one before
+# the run stops (flags are read when ready, at the latest this late).
+NONFINITE_MAX_LAG = 2
 _MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
                  'layer_impl')
 
@@ -164,12 +170,120 @@ def _num_train_steps(config, steps_per_epoch: int) -> int:
   return int(math.ceil(config.num_epochs * steps_per_epoch))
 
 
-def _meta(config, step: int) -> dict:
+def _meta(config, step: int, run: dict) -> dict:
   # The data position is a function of (seed, step, global batch).
   return {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
           'examples_seen': step * config.batch_size,
-          'model': config.model.name,
-          'config': json.loads(config.to_json_best_effort())}
+          'model': config.model.name, 'num_classes': run['num_classes'],
+          'run': run, 'config': json.loads(config.to_json_best_effort())}
+
+
+class NoIntactCheckpointError(checkpoint.CheckpointError):
+  """A workdir has checkpoints but none can be restored."""
+
+
+class NonFiniteStepError(FloatingPointError):
+  """A step was not finite and `config.nonfinite` is 'stop'."""
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def _restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
+                       create, run: dict):
+  """The newest intact, compatible checkpoint's state, or a new state.
+
+  Damaged checkpoints newer than the one restored are moved to
+  `corrupt/` so that later saves and rotation never meet them. A config
+  that changes the run raises `resume.ResumeMismatchError` before any
+  state is read.
+  """
+  steps = ckpt.steps()
+  if not steps:
+    return create()
+  allowed = resume.allowed_changes(config)
+  rejected, state = [], None
+  for step in reversed(steps):
+    try:
+      meta = ckpt.meta(step)
+      notes = resume.check_compatible(resume.stored_fingerprint(meta), run,
+                                      allowed, str(ckpt.step_dir(step)))
+      state, meta = ckpt.restore(abstract, step, meta)
+      break
+    except checkpoint.CorruptCheckpointError as e:
+      logging.warning('Checkpoint step %d is not usable, trying an older '
+                      'one: %s', step, e)
+      rejected.append((step, str(e)))
+  if state is None and not config.start_fresh_if_no_intact_checkpoint:
+    listing = '\n'.join(f'  step {s}: {reason}' for s, reason in rejected)
+    raise NoIntactCheckpointError(
+        f'None of the {len(steps)} checkpoints can be restored:\n{listing}\n'
+        f'Refusing to start over in {ckpt.workdir}: repair or move the '
+        'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
+        'True')
+  _sync('se_flax_restore_read')
+  if rejected and jax.process_index() == 0:
+    for step, reason in rejected:
+      moved = ckpt.quarantine(step, reason)
+      logging.warning('Moved unusable checkpoint step %d to %s', step, moved)
+  _sync('se_flax_restore_quarantined')
+  ckpt.reload()
+  if state is None:
+    logging.warning('No intact checkpoint: starting over, as '
+                    'config.start_fresh_if_no_intact_checkpoint asks')
+    return create()
+  for note in notes:
+    logging.info('%s', note)
+  logging.info('Resumed from %s (%d skipped steps before it)',
+               ckpt.step_dir(int(state.step)), int(state.skipped_steps))
+  return state
+
+
+class _FiniteWatch:
+  """Reads each step's `finite` flag without stalling the device queue.
+
+  With `config.nonfinite='stop'` a flag is read as soon as it is ready,
+  and at the latest when `max_lag` newer steps have been dispatched, so
+  the run stops within `max_lag` steps of a non-finite one; `drain()`
+  reads all (before anything is saved). With 'skip' nothing is read here.
+  """
+
+  def __init__(self, enabled: bool, max_lag: int, last_saved: Optional[int],
+               workdir: str):
+    self.enabled, self.max_lag = enabled, max_lag
+    self.last_saved, self.workdir = last_saved, workdir
+    self._pending = collections.deque()
+
+  def push(self, step: int, finite: jax.Array) -> None:
+    if self.enabled:
+      self._pending.append((step, finite))
+      self._check(drain=False)
+
+  def drain(self) -> None:
+    self._check(drain=True)
+
+  def _check(self, drain: bool) -> None:
+    while self._pending and (drain or len(self._pending) > self.max_lag
+                             or self._pending[0][1].is_ready()):
+      step, finite = self._pending.popleft()
+      if not bool(finite):
+        self._stop(step)
+
+  def _stop(self, step: int) -> None:
+    if self.last_saved is None:
+      saved = 'No checkpoint was saved by this run.'
+    else:
+      saved = (f'The newest checkpoint, step {self.last_saved} in '
+               f'{self.workdir}/checkpoints, was saved before it.')
+    raise NonFiniteStepError(
+        f'Step {step} had a non-finite loss, gradient or new state, and '
+        f"config.nonfinite='stop': it was not applied, and training "
+        f'stopped within {self.max_lag} steps of it, saving nothing after '
+        f'it. {saved} Lower the learning rate, or set '
+        "config.nonfinite='skip' to skip such steps.")
 
 
 def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
@@ -191,13 +305,14 @@ def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
           'num_examples': count}
 
 
-def _summarise(window: list, timed_steps: int, seconds: float,
+def _summarise(fetched: list, timed_steps: int, seconds: float,
                data_seconds: float, batch_size: int) -> dict:
-  """Means over a window of per-step metrics, plus throughput.
+  """Means over a window of per-step metrics (on the host), plus throughput.
 
-  Throughput covers the `timed_steps` after compilation only.
+  `seconds` must be measured after the window's results were fetched, so
+  the steps have finished; throughput covers the `timed_steps` after
+  compilation only.
   """
-  fetched = jax.device_get(window)
   summary = {k: float(np.mean([m[k] for m in fetched]))
              for k in fetched[0] if k != 'finite'}
   summary['nonfinite_steps'] = int(sum(not m['finite'] for m in fetched))
@@ -211,6 +326,36 @@ def _summarise(window: list, timed_steps: int, seconds: float,
   return summary
 
 
+def _data_counters(train_batches) -> dict:
+  """Counts of bad input the train iterator met (where it keeps them)."""
+  out = {}
+  for attr, name in (('num_skipped', 'undecodable_images'),
+                     ('num_corrupt_records', 'corrupt_records')):
+    if hasattr(train_batches, attr):
+      out[name] = int(getattr(train_batches, attr))
+  return out
+
+
+def _lock_workdir(workdir: str):
+  """One lock per run, held by process 0; every process learns the outcome."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirInUseError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not ok and error is None:
+      error = workdir_lock.WorkdirInUseError(
+          os.path.join(workdir, workdir_lock.LOCK_NAME), None, 0.0)
+  if error is not None:
+    raise error
+  return lock
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainResult:
   """Trains and evaluates; resumes from the latest checkpoint in `workdir`.
@@ -221,10 +366,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns:
     A `TrainResult` with the final state and the last metrics.
+
+  Raises:
+    workdir_lock.WorkdirInUseError: another live trainer holds `workdir`.
+    resume.ResumeMismatchError: the config changes the stored run.
+    NoIntactCheckpointError: checkpoints exist but none can be restored.
+    NonFiniteStepError: a non-finite step under `nonfinite='stop'`.
   """
   sharding.initialize_distributed(config)
   validate_config(config)
-  _write_config(config, workdir)
+  lock = _lock_workdir(workdir)
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir: str) -> TrainResult:
   mesh = sharding.create_mesh()
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -235,40 +394,70 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = build_model(config, inputs.num_classes)
   schedule = optim.create_schedule(config, steps_per_epoch)
   tx = optim.create_optimizer(config, schedule)
+  run = resume.fingerprint(config, num_classes=inputs.num_classes,
+                           train_steps=num_steps,
+                           process_count=jax.process_count())
 
   ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
                                 async_save=config.async_checkpoints)
-  if ckpt.latest_step() is None:
-    state = create_state(config, model, tx, inputs.image_size, mesh)
-  else:
-    state, meta = ckpt.restore(
-        abstract_state(config, model, tx, inputs.image_size, mesh))
-    logging.info('Resumed from step %d (%s)', int(state.step), meta)
-  start_step = int(state.step)
+  writer = None
+  try:
+    state = _restore_or_create(
+        config, ckpt, abstract_state(config, model, tx, inputs.image_size,
+                                     mesh),
+        lambda: create_state(config, model, tx, inputs.image_size, mesh),
+        run)
+    start_step = int(state.step)
+    _write_config(config, workdir)
+    train_fn, eval_fn = jit_steps(config, model, tx, schedule, mesh)
+    writer = writers.create_writer(workdir, jax.process_index() == 0)
+    if start_step == 0:
+      writer.write_hparams(_flat_hparams(config))
+    logging.info('%d steps (%d per epoch), global batch %d on %d devices',
+                 num_steps, steps_per_epoch, config.batch_size,
+                 jax.device_count())
+    result = _loop(config, state, start_step, num_steps, eval_every,
+                   train_fn, eval_fn, inputs, batch_sharding, ckpt, writer,
+                   run, workdir)
+    ckpt.wait()
+    return result
+  finally:
+    _close(ckpt, writer)
 
-  train_fn, eval_fn = jit_steps(config, model, tx, schedule, mesh)
 
-  writer = writers.create_writer(workdir, jax.process_index() == 0)
-  if start_step == 0:
-    writer.write_hparams(_flat_hparams(config))
-  logging.info('%d steps (%d per epoch), global batch %d on %d devices',
-               num_steps, steps_per_epoch, config.batch_size,
-               jax.device_count())
+def _close(ckpt, writer) -> None:
+  """Closes without letting a second error hide the first one."""
+  for close in (ckpt.close, getattr(writer, 'flush', None),
+                getattr(writer, 'close', None)):
+    if close is None:
+      continue
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.error('While shutting down: %s', e)
+
+
+def _loop(config, state, start_step, num_steps, eval_every, train_fn,
+          eval_fn, inputs, batch_sharding, ckpt, writer, run,
+          workdir) -> TrainResult:
   progress = writers.Progress(num_steps, writer)
-  batches = sharding.prefetch_to_mesh(inputs.train(start_step),
-                                      batch_sharding,
+  train_batches = inputs.train(start_step)
+  batches = sharding.prefetch_to_mesh(train_batches, batch_sharding,
                                       config.prefetch_batches)
+  finite_watch = _FiniteWatch(config.nonfinite == 'stop', NONFINITE_MAX_LAG,
+                              start_step or None, workdir)
   train_summary, eval_summary, preempted = {}, {}, False
   window, timed_steps, data_seconds = [], 0, 0.0
   window_start = time.perf_counter()
 
-  with checkpoint.PreemptionWatcher() as preemption:
+  with preemption_lib.PreemptionWatcher() as preemption:
     for step in range(start_step, num_steps):
       t = time.perf_counter()
       batch = next(batches)
       data_seconds += time.perf_counter() - t
       state, metrics = train_fn(state, batch)
       window.append(metrics)
+      finite_watch.push(step + 1, metrics['finite'])
       if step == start_step:
         jax.block_until_ready(state)
         writer.write_scalars(step + 1, {
@@ -281,37 +470,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       progress(step + 1)
       done = step + 1
       if done % config.log_every_steps == 0 or done == num_steps:
-        train_summary = _summarise(window, timed_steps,
+        fetched = jax.device_get(window)  # Waits for the window's steps.
+        train_summary = _summarise(fetched, timed_steps,
                                    time.perf_counter() - window_start,
                                    data_seconds, config.batch_size)
         train_summary['skipped_steps'] = int(state.skipped_steps)
+        train_summary.update(_data_counters(train_batches))
         writer.write_scalars(done, {f'train/{k}': v
                                     for k, v in train_summary.items()})
-        if train_summary['nonfinite_steps'] and config.nonfinite == 'stop':
-          ckpt.wait()
-          raise FloatingPointError(
-              f'Non-finite loss or gradients before step {done}; the state '
-              'kept the last finite values and was not saved. Lower the '
-              "learning rate, or set config.nonfinite='skip'.")
         window, timed_steps, data_seconds = [], 0, 0.0
         window_start = time.perf_counter()
-      if done % eval_every == 0 or done == num_steps:
+      preempted = _agree(preemption.requested)
+      evaluating = done % eval_every == 0 or done == num_steps
+      saving = (done % config.checkpoint_every_steps == 0
+                or done == num_steps or preempted)
+      if evaluating or saving:
+        finite_watch.drain()  # Nothing after a non-finite step is saved.
+        # Eval and save time is not step time: start its clock once the
+        # dispatched steps are done.
+        jax.block_until_ready(state)
+        pause_start = time.perf_counter()
+      if evaluating:
         eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
                                      config)
         writer.write_scalars(done, eval_summary)
-        ckpt.save_best(done, state, _meta(config, done),
-                       {'top1': eval_summary['eval/top1']})
-      preempted = _agree(preemption.requested)
-      if (done % config.checkpoint_every_steps == 0 or done == num_steps
-          or preempted):
-        ckpt.save(done, state, _meta(config, done))
+        if ckpt.save_best(done, state, _meta(config, done, run),
+                          eval_summary['eval/top1']):
+          logging.info('New best top-1 %.4f: saved %s',
+                       eval_summary['eval/top1'],
+                       ckpt.step_dir(done, best=True))
+      if saving:
+        ckpt.save(done, state, _meta(config, done, run))
+        finite_watch.last_saved = done
+      if evaluating or saving:
+        window_start += time.perf_counter() - pause_start
       if preempted:
         logging.warning('SIGTERM: saved step %d, exiting', done)
         break
-  ckpt.wait()
-  ckpt.close()
-  writer.flush()
-  writer.close()
   return TrainResult(state, train_summary, eval_summary, preempted)
 
 

@@ -26,7 +26,7 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
   """
   dist = config.distributed
-  if not dist.enabled:
+  if not dist.enabled or jax.distributed.is_initialized():
     return
   if dist.cpu_collectives:
     jax.config.update('jax_cpu_collectives_implementation',

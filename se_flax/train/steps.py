@@ -80,8 +80,12 @@ def _forward_train(model: nn.Module, variables, images, rng, bn_groups: int):
   return logits.reshape((-1,) + logits.shape[2:]), batch_stats
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
+def all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of `tree` is free of NaN and inf."""
+  leaves = [x for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.array(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
@@ -91,9 +95,10 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
                bn_groups: int = 0, dtype: Any = jnp.float32):
   """One SGD step. Returns (new state, metrics of this step).
 
-  A step whose loss or gradients are not finite leaves the parameters,
-  optimizer state and statistics unchanged and counts itself in
-  `skipped_steps`; the data position (`step`) still advances.
+  A step whose loss, gradients or new state (parameters, BN statistics,
+  optimizer state, EMA) are not all finite leaves the whole state
+  unchanged and counts itself in `skipped_steps`; the data position
+  (`step`) still advances. `metrics['finite']` says which happened.
   """
   images = normalize_images(batch['image'], dtype)
   labels = batch['label']
@@ -118,7 +123,9 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
         ema_params=jax.tree_util.tree_map(ema, state.ema_params, params),
         ema_batch_stats=jax.tree_util.tree_map(ema, state.ema_batch_stats,
                                                batch_stats))
-  finite = jnp.isfinite(loss) & _all_finite(grads)
+  # The new state too: a finite gradient can still meet a damaged
+  # optimizer state or overflow in the update.
+  finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new)
   new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new,
                                state)
   new = new.replace(step=state.step + 1,

@@ -46,7 +46,7 @@ def test_train_batch_format(tiny_dirs):
   assert batch['label'].shape == (8,) and batch['label'].dtype == np.int32
   assert batch['label'].max() < 5
   assert it.num_train_examples == NUM_TRAIN and it.num_classes == 1000
-  assert it.step == 1 and it.num_skipped == 0
+  assert it.step == 1 and it.num_skipped == it.num_corrupt_records == 0
 
 
 def test_train_stream_is_a_function_of_seed_and_step(tiny_dirs):

@@ -11,49 +11,9 @@ from jax.sharding import Mesh
 
 import se_flax
 from se_flax.train import checkpoint, inputs, loop, sharding
-from se_flax.train import config as config_lib
 
-# Wall-clock figures differ between runs; everything else must not.
-_TIMING = ('images_per_sec', 'step_time_ms', 'data_wait_fraction',
-           'compile_seconds', 'steps_per_sec')
-
-
-def tiny_config(**overrides):
-  c = config_lib.base_config()
-  c.model.name = 'seresnet_tiny'
-  c.data.source = 'synthetic'
-  c.data.image_size = 32
-  c.data.synthetic_num_classes = 10
-  c.data.synthetic_train_examples = 64
-  c.data.synthetic_eval_examples = 20  # Not a multiple of the batch.
-  c.batch_size = 16
-  c.learning_rate = 0.1
-  c.num_train_steps = 4
-  c.log_every_steps = 2
-  c.eval_every_epochs = 100.0  # Only at the end.
-  c.checkpoint_every_steps = 2
-  c.async_checkpoints = False
-  for k, v in overrides.items():
-    c[k] = v
-  return c
-
-
-def _metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [json.loads(line) for line in f]
-  kept = [{k: v for k, v in r.items() if not any(t in k for t in _TIMING)}
-          for r in records]
-  return [r for r in kept if len(r) > 1]
-
-
-def _assert_trees_equal(a, b):
-  flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
-  flat_b = jax.tree_util.tree_flatten_with_path(b)[0]
-  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-  for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
-                                  err_msg=str(path))
-
+from tests.train.helpers import assert_trees_equal, read_metrics
+from tests.train.tiny_config import tiny_config
 
 def test_resume_is_bitwise_identical(tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
@@ -61,14 +21,14 @@ def test_resume_is_bitwise_identical(tmp_path):
   loop.train_and_evaluate(tiny_config(num_train_steps=2), resumed)
   again = loop.train_and_evaluate(tiny_config(), resumed)
   assert int(full.state.step) == int(again.state.step) == 4
-  _assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
+  assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
   # The resumed run logs the same metrics at the same steps (its first
   # half once more, from the first start, plus a step-2 eval there).
-  logged = [r for r in _metrics(resumed) if r['step'] > 2]
-  assert logged == [r for r in _metrics(straight) if r['step'] > 2]
+  logged = [r for r in read_metrics(resumed) if r['step'] > 2]
+  assert logged == [r for r in read_metrics(straight) if r['step'] > 2]
   assert full.eval_metrics['eval/num_examples'] == 20
   assert full.eval_metrics == again.eval_metrics
-  _assert_trees_equal(se_flax.load_variables(straight),
+  assert_trees_equal(se_flax.load_variables(straight),
                       se_flax.load_variables(resumed))
 
 
@@ -98,10 +58,11 @@ def test_sigterm_saves_and_next_start_resumes(tmp_path, monkeypatch):
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # Restored.
 
   monkeypatch.setattr(loop, 'create_inputs', real)
-  config.num_train_steps = stopped + 2
+  config.num_train_steps = stopped + 2  # Shorter than stored: say so.
+  config.resume_allow_changes = 'num_train_steps'
   resumed = loop.train_and_evaluate(config, workdir)
   assert not resumed.preempted and int(resumed.state.step) == stopped + 2
-  first_logged = min(r['step'] for r in _metrics(workdir)
+  first_logged = min(r['step'] for r in read_metrics(workdir)
                      if r['step'] > stopped)
   assert first_logged > stopped
 
@@ -121,7 +82,7 @@ def test_checkpoints_move_between_8_and_1_devices(tmp_path):
   assert meta['step'] == 2
   leaf = jax.tree_util.tree_leaves(restored)[0]
   assert leaf.sharding.device_set == {jax.devices()[0]}
-  _assert_trees_equal(jax.device_get(state8), jax.device_get(restored))
+  assert_trees_equal(jax.device_get(state8), jax.device_get(restored))
   # And back: a 1-device checkpoint restored onto all 8 devices.
   ckpt.save(7, restored, meta)
   ckpt.wait()
@@ -130,7 +91,7 @@ def test_checkpoints_move_between_8_and_1_devices(tmp_path):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=eight),
       state8), step=7)
   assert len(jax.tree_util.tree_leaves(back)[0].sharding.device_set) == 8
-  _assert_trees_equal(jax.device_get(state8), jax.device_get(back))
+  assert_trees_equal(jax.device_get(state8), jax.device_get(back))
   ckpt.close()
 
 
@@ -139,14 +100,14 @@ def test_export_and_notebook_loading(tmp_path):
   config = tiny_config(num_train_steps=2, ema_decay=0.9)
   result = loop.train_and_evaluate(config, workdir)
   variables = se_flax.load_variables(workdir)
-  _assert_trees_equal(variables, jax.device_get(result.state.variables()))
+  assert_trees_equal(variables, jax.device_get(result.state.variables()))
   ema = se_flax.load_variables(workdir, ema=True)
-  _assert_trees_equal(ema, jax.device_get(result.state.variables(ema=True)))
+  assert_trees_equal(ema, jax.device_get(result.state.variables(ema=True)))
   assert 'eval_ema/top1' in result.eval_metrics
   out = str(tmp_path / 'weights.npz')
   checkpoint.main(['--workdir', workdir, '--output', out])
   exported = checkpoint.load_exported(out)
-  _assert_trees_equal(exported, variables)
+  assert_trees_equal(exported, variables)
   model = se_flax.create_model('seresnet_tiny', num_classes=10)
   x = np.zeros((1, 32, 32, 3), np.float32)
   np.testing.assert_array_equal(model.apply(exported, x, train=False),

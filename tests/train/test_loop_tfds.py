@@ -2,7 +2,8 @@
 
 import jax
 
-from tests.train.test_loop import _assert_trees_equal, _metrics, tiny_config
+from tests.train.helpers import assert_trees_equal, read_metrics
+from tests.train.tiny_config import tiny_config
 
 
 def _config(root, **overrides):
@@ -27,8 +28,8 @@ def test_resume_and_exact_eval_on_tfds(tmp_path):
   full = loop.train_and_evaluate(_config(root), straight)
   loop.train_and_evaluate(_config(root, num_train_steps=2), resumed)
   again = loop.train_and_evaluate(_config(root), resumed)
-  _assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
-  assert [r for r in _metrics(resumed) if r['step'] > 2] == [
-      r for r in _metrics(straight) if r['step'] > 2]
+  assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
+  assert [r for r in read_metrics(resumed) if r['step'] > 2] == [
+      r for r in read_metrics(straight) if r['step'] > 2]
   assert full.eval_metrics['eval/num_examples'] == 25
   assert full.eval_metrics == again.eval_metrics

@@ -13,12 +13,12 @@ import numpy as np
 import se_flax
 from se_flax.train import loop
 
-from tests.train.test_loop import tiny_config
+from tests.train.tiny_config import tiny_config
 
 _WORKER = textwrap.dedent('''
     import sys
     from se_flax.train import loop
-    from tests.train.test_loop import tiny_config
+    from tests.train.tiny_config import tiny_config
     port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     config = tiny_config(num_train_steps=3)
     config.distributed.enabled = True
