@@ -33,6 +33,19 @@ class _QuietOrbax(logging.logging.Filter):
             or '/orbax/' not in record.pathname)
 
 
+def _quiet_late_async_errors(unraisable) -> None:
+  """Drops TensorStore callbacks that fire after a failed restore ended.
+
+  They reach a closed asyncio loop and would print a traceback after the
+  real error, which has already been reported.
+  """
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and 'Event loop is closed' in str(unraisable.exc_value)):
+    logging.debug('Ignored after shutdown: %s', unraisable.exc_value)
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 def _expected_errors() -> tuple:
   """Failures with a message meant for the user: no traceback for these."""
   from se_flax.train import checkpoint, loop, resume, workdir_lock
@@ -48,6 +61,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietOrbax())
+  sys.unraisablehook = _quiet_late_async_errors
   config = FLAGS.config
   # TensorFlow is only the input pipeline: keep it off the accelerators
   # before it runs a single op.
