@@ -229,12 +229,15 @@ def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
   return directory, steps
 
 
-def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
-  meta = read_meta(step_dir)
-  path = step_dir / 'state'
-  wanted = ('ema_params', 'ema_batch_stats') if ema else (
-      'params', 'batch_stats')
-  with ocp.PyTreeCheckpointer() as checkpointer:
+def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
+  """The state (or its `keys`) under `path` as numpy, read by this process
+  alone (no cross-process barrier, unlike a `CheckpointManager` restore)."""
+  local = ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(),
+      active_processes={jax.process_index()})
+  with ocp.Checkpointer(
+      ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
+      multiprocessing_options=local) as checkpointer:
     try:
       metadata = checkpointer.metadata(path)
     except Exception as e:
@@ -244,17 +247,36 @@ def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
     if tree is None:
       raise CorruptCheckpointError(
           f'{path}: array metadata (_METADATA) missing or unreadable')
-    if ema and tree.get('ema_params') is None:
-      raise ValueError(f'{path} has no EMA weights (train with ema_decay > 0)')
-    item = {k: tree[k] for k in wanted}
+    if keys is not None:
+      missing = [k for k in keys if tree.get(k) is None]
+      if missing:
+        raise KeyError(missing)
+      tree = {k: tree[k] for k in keys}
     as_numpy = jax.tree_util.tree_map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     try:
-      state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=item, restore_args=as_numpy, partial_restore=True))
+      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=tree, restore_args=as_numpy, partial_restore=keys is not None))
     except Exception as e:
       raise CorruptCheckpointError(
           f'{path}: cannot be read ({_one_line(e)})') from None
+
+
+def verify_step_dir(step_dir: epath.Path, meta: Optional[dict] = None):
+  """Reads a whole checkpoint on this process alone and verifies it."""
+  meta = read_meta(step_dir) if meta is None else meta
+  verify(_read_numpy(step_dir / 'state'), meta, str(step_dir))
+
+
+def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
+  meta = read_meta(step_dir)
+  wanted = ('ema_params', 'ema_batch_stats') if ema else (
+      'params', 'batch_stats')
+  try:
+    state = _read_numpy(step_dir / 'state', wanted)
+  except KeyError:
+    raise ValueError(f'{step_dir} has no EMA weights (train with '
+                     'ema_decay > 0)') from None
   verify(state, meta, str(step_dir), partial=True)
   return {'params': state[wanted[0]], 'batch_stats': state[wanted[1]]}
 

@@ -20,7 +20,8 @@ import numpy as np
 from absl import logging
 
 from se_flax.models import registry
-from se_flax.train import checkpoint, optim, resume, sharding, steps
+from se_flax.train import checkpoint, multihost, optim, resume, sharding
+from se_flax.train import steps
 from se_flax.train import preemption as preemption_lib
 from se_flax.train import workdir_lock, writers
 from se_flax.train.inputs import Inputs, create_inputs
@@ -186,37 +187,86 @@ class NonFiniteStepError(FloatingPointError):
   """A step was not finite and `config.nonfinite` is 'stop'."""
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+def _try_step(config, ckpt, step, abstract, run):
+  """(state or None, meta, notes, reason): this process's view of `step`.
+
+  Single-process: restores and verifies it. Multi-process: reads and checks
+  its metadata, and process 0 also reads and verifies the whole state on
+  its own, so that no process enters Orbax's collective restore for a
+  checkpoint that will be refused. A config that changes the run raises
+  `resume.ResumeMismatchError` on every process.
+  """
+  try:
+    meta = ckpt.meta(step)
+    notes = resume.check_compatible(resume.stored_fingerprint(meta), run,
+                                    resume.allowed_changes(config),
+                                    str(ckpt.step_dir(step)))
+    if jax.process_count() == 1:
+      state, meta = ckpt.restore(abstract, step, meta)
+      return state, meta, notes, None
+    if jax.process_index() == 0:
+      checkpoint.verify_step_dir(ckpt.step_dir(step), meta)
+    return None, meta, notes, None
+  except checkpoint.CorruptCheckpointError as e:
+    return None, None, [], str(e)
+
+
+def _restore_agreed(ckpt, step, abstract, meta):
+  """The collective restore of a step process 0 has verified."""
+  state, reason = None, None
+  try:
+    state, meta = ckpt.restore(abstract, step, meta)
+  except checkpoint.CorruptCheckpointError as e:
+    reason = str(e)
+  ok = multihost.gather_flags(reason is None)
+  if not ok.all():
+    raise checkpoint.CheckpointError(
+        f'Processes {np.flatnonzero(~ok).tolist()} read {ckpt.step_dir(step)} '
+        'differently from process 0, which verified it'
+        + (f' (here: {reason})' if reason else '') +
+        '; every process must see the same workdir (a shared filesystem)')
+  return state
 
 
 def _restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
                        create, run: dict):
   """The newest intact, compatible checkpoint's state, or a new state.
 
-  Damaged checkpoints newer than the one restored are moved to
-  `corrupt/` so that later saves and rotation never meet them. A config
-  that changes the run raises `resume.ResumeMismatchError` before any
-  state is read.
+  Process 0 decides which steps exist and which are intact; every process
+  follows its decision, and one that cannot see what process 0 sees fails
+  with a message saying so. Damaged checkpoints newer than the one
+  restored are moved to `corrupt/`, so that later saves and rotation never
+  meet them. A config that changes the run raises
+  `resume.ResumeMismatchError` before any state is read.
   """
-  steps = ckpt.steps()
+  steps = multihost.broadcast_ints(ckpt.steps())
+  unseen = sorted(set(steps) - set(ckpt.steps()))
+  seen = multihost.gather_flags(not unseen)
+  if not seen.all():
+    raise checkpoint.CheckpointError(
+        f'Processes {np.flatnonzero(~seen).tolist()} do not see checkpoint '
+        f'steps that process 0 sees under {ckpt.workdir}/checkpoints'
+        + (f' (here: {unseen} missing)' if unseen else '') +
+        '; every process must see the same workdir (a shared filesystem)')
   if not steps:
     return create()
-  allowed = resume.allowed_changes(config)
-  rejected, state = [], None
+  rejected, state, notes = [], None, []
   for step in reversed(steps):
-    try:
-      meta = ckpt.meta(step)
-      notes = resume.check_compatible(resume.stored_fingerprint(meta), run,
-                                      allowed, str(ckpt.step_dir(step)))
-      state, meta = ckpt.restore(abstract, step, meta)
+    state, meta, notes, reason = _try_step(config, ckpt, step, abstract, run)
+    ok = multihost.gather_flags(reason is None)
+    if ok[0] and not ok.all():
+      raise checkpoint.CheckpointError(
+          f'Processes {np.flatnonzero(~ok).tolist()} cannot read '
+          f'{ckpt.step_dir(step)}, which process 0 can'
+          + (f' (here: {reason})' if reason else '') +
+          '; every process must see the same workdir (a shared filesystem)')
+    if ok[0]:
+      if state is None:
+        state = _restore_agreed(ckpt, step, abstract, meta)
       break
-    except checkpoint.CorruptCheckpointError as e:
-      logging.warning('Checkpoint step %d is not usable, trying an older '
-                      'one: %s', step, e)
-      rejected.append((step, str(e)))
+    logging.warning('Checkpoint step %d is not usable, trying an older '
+                    'one: %s', step, reason or 'see process 0')
+    rejected.append((step, reason))
   if state is None and not config.start_fresh_if_no_intact_checkpoint:
     listing = '\n'.join(f'  step {s}: {reason}' for s, reason in rejected)
     raise NoIntactCheckpointError(
@@ -224,12 +274,12 @@ def _restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
         f'Refusing to start over in {ckpt.workdir}: repair or move the '
         'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
         'True')
-  _sync('se_flax_restore_read')
+  multihost.sync('se_flax_restore_read')
   if rejected and jax.process_index() == 0:
     for step, reason in rejected:
       moved = ckpt.quarantine(step, reason)
       logging.warning('Moved unusable checkpoint step %d to %s', step, moved)
-  _sync('se_flax_restore_quarantined')
+  multihost.sync('se_flax_restore_quarantined')
   ckpt.reload()
   if state is None:
     logging.warning('No intact checkpoint: starting over, as '
@@ -346,8 +396,7 @@ def _lock_workdir(workdir: str):
     except workdir_lock.WorkdirInUseError as e:
       error = e
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    ok = multihost.broadcast_ints([error is None])[0]
     if not ok and error is None:
       error = workdir_lock.WorkdirInUseError(
           os.path.join(workdir, workdir_lock.LOCK_NAME), None, 0.0)
@@ -480,7 +529,7 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
                                     for k, v in train_summary.items()})
         window, timed_steps, data_seconds = [], 0, 0.0
         window_start = time.perf_counter()
-      preempted = _agree(preemption.requested)
+      preempted = multihost.any_process(preemption.requested)
       evaluating = done % eval_every == 0 or done == num_steps
       saving = (done % config.checkpoint_every_steps == 0
                 or done == num_steps or preempted)
@@ -518,14 +567,6 @@ def _evaluate_all(eval_fn, state, inputs, batch_sharding, config) -> dict:
         eval_fn, state, inputs, batch_sharding, ema=True).items()})
   logging.info('eval: %s', summary)
   return summary
-
-
-def _agree(flag: bool) -> bool:
-  """True on every process if any process got the signal."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
 def _flat_hparams(config) -> dict[str, Any]:
