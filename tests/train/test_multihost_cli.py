@@ -1,0 +1,103 @@
+"""train.py itself as 2 real processes on localhost (gloo, 2 CPU devices
+each): train, checkpoint, resume past a damaged checkpoint together, and
+match a 1-process run of the same global batch; processes that do not
+see the same workdir fail together instead of hanging."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+import se_flax
+from se_flax.train import loop
+
+from tests.train import helpers
+from tests.train.tiny_config import tiny_config
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdirs, *overrides, timeout=600):
+  """One train.py per workdir (process i gets workdirs[i]); waits for all."""
+  port = _free_port()
+  env = dict(helpers.train_env(),
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = []
+  for i, workdir in enumerate(workdirs):
+    command = helpers.train_command(
+        workdir, *overrides, 'distributed.enabled=True',
+        f'distributed.coordinator_address=127.0.0.1:{port}',
+        f'distributed.num_processes={len(workdirs)}',
+        f'distributed.process_id={i}', 'distributed.cpu_collectives=gloo')
+    procs.append(subprocess.Popen(command, cwd=helpers.ROOT, env=env,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=timeout)[1])
+  finally:
+    for p in procs:
+      p.kill()
+  return [p.returncode for p in procs], outs
+
+
+def _eval_counts(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r['eval/num_examples'] for r in map(json.loads, f)
+            if 'eval/num_examples' in r]
+
+
+def test_two_train_py_processes_resume_past_damage_and_match_one(tmp_path):
+  shared = str(tmp_path / 'two')
+  codes, errs = _launch([shared, shared])
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  assert 'JAX process 1/2' in errs[1]  # Initialised before any JAX call.
+  assert _eval_counts(shared) == [20]  # Every eval example once.
+  assert sorted(os.listdir(os.path.join(shared, 'checkpoints'))) == [
+      '2', '4']
+
+  # Damage step 4; the restart extends the run: both processes resume
+  # from step 2 (process 0 decides), and step 4 is moved aside once.
+  state_dir = os.path.join(shared, 'checkpoints', '4', 'state')
+  files = [os.path.join(r, n) for r, _, ns in os.walk(state_dir)
+           for n in ns if os.path.basename(r) == 'd']
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, 'rb').read())
+  data[len(data) // 2:len(data) // 2 + 256] = bytes(256)
+  open(path, 'wb').write(data)
+  codes, errs = _launch([shared, shared], 'num_train_steps=6')
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  assert 'Checkpoint step 4 is not usable' in errs[0]
+  assert 'Resumed from' in errs[1] and '/checkpoints/2 ' in errs[1]
+  assert len(os.listdir(os.path.join(shared, 'corrupt'))) == 1
+
+  single = loop.train_and_evaluate(tiny_config(num_train_steps=6),
+                                   str(tmp_path / 'one'))
+  two = se_flax.load_variables(shared)
+  one = jax.device_get(single.state.variables())
+  for a, b in zip(jax.tree_util.tree_leaves(one),
+                  jax.tree_util.tree_leaves(two)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_processes_that_see_different_workdirs_fail_together(tmp_path):
+  trained = str(tmp_path / 'trained')
+  loop.train_and_evaluate(tiny_config(num_train_steps=2), trained)
+  local = str(tmp_path / 'node_local_disk')  # Process 1 sees no steps.
+  os.makedirs(local)
+  shutil.copy(os.path.join(trained, 'config.json'), local)
+  codes, errs = _launch([trained, local], timeout=300)
+  assert codes == [1, 1], errs[0][-3000:] + errs[1][-3000:]
+  for err in errs:
+    last = helpers.last_line(err)
+    assert 'Processes [1] do not see checkpoint steps' in last
+    assert 'shared filesystem' in last
