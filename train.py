@@ -10,6 +10,7 @@ Exit status, for schedulers:
   75  preempted (SIGTERM): the state was saved, run the same command again
 """
 
+import importlib.util
 import sys
 
 from absl import app, flags, logging
@@ -63,18 +64,17 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietOrbax())
   sys.unraisablehook = _quiet_late_async_errors
   config = FLAGS.config
-  # TensorFlow is only the input pipeline: keep it off the accelerators
-  # before it runs a single op.
-  if config.data.source != 'synthetic':
+  # TensorFlow is only the input pipeline (and CLU's summary writer, which
+  # imports it on every data source): keep it off the accelerators before
+  # it runs a single op.
+  if importlib.util.find_spec('tensorflow') is not None:
     from se_flax.data.tf_setup import hide_accelerators_from_tf
     hide_accelerators_from_tf()
-  from se_flax.train import loop, sharding
+  from se_flax.train import loop, multihost
   try:
     # Before anything asks JAX about devices: that starts the backend.
-    sharding.initialize_distributed(config)
-    import jax
-    logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-                 jax.process_count(), jax.local_devices())
+    multihost.initialize_distributed(config)
+    logging.info('JAX %s', multihost.layout())
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except _expected_errors() as e:
     print(f'train.py: error: {type(e).__name__}: {e}', file=sys.stderr,

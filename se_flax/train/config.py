@@ -85,10 +85,22 @@ def base_config() -> ml_collections.ConfigDict:
   # moves them to corrupt/ and trains from scratch.
   c.start_fresh_if_no_intact_checkpoint = False
 
+  # Multi-host (multihost.initialize_distributed). Unset `enabled`: on when
+  # a coordinator is named, under SLURM / Open MPI with several tasks, or
+  # on a TPU VM. Unset fields come from JAX_* variables or the cluster.
   c.distributed = ml_collections.ConfigDict()
-  c.distributed.enabled = False
+  c.distributed.enabled = placeholder(bool)
   c.distributed.coordinator_address = placeholder(str)
   c.distributed.num_processes = -1
   c.distributed.process_id = -1
+  # 'all': every local GPU in this process (one process per node); '0,1':
+  # those; unset: JAX's choice (SLURM: one GPU per task, SLURM_LOCALID).
+  c.distributed.local_device_ids = placeholder(str)
+  # A process that dies makes the others fail after about this long.
+  c.distributed.heartbeat_timeout_seconds = 100
   c.distributed.cpu_collectives = placeholder(str)  # 'gloo' for CPU tests.
+
+  # Persistent XLA compilation cache (local path or gs://): a requeued or
+  # resumed run reuses the compiled steps instead of compiling again.
+  c.compilation_cache_dir = placeholder(str)
   return c

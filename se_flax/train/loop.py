@@ -79,8 +79,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   groups = config.model.bn_groups
   check(groups <= 1 or config.batch_size % groups == 0, 'model.bn_groups',
         f'{groups} groups do not divide batch_size {config.batch_size}')
-  check(config.model.dtype in ('float32', 'bfloat16', 'float16'),
-        'model.dtype', f'{config.model.dtype!r} is not a float dtype')
+  check(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype',
+        f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
+        "no loss scaling needed) or 'float32'"
+        + ('; float16 would need loss scaling, which this trainer does not '
+           'do' if config.model.dtype == 'float16' else ''))
   check(config.lr_schedule in ('step', 'cosine'), 'lr_schedule',
         f"{config.lr_schedule!r} is not 'step' or 'cosine'")
   check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
@@ -422,8 +425,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     NoIntactCheckpointError: checkpoints exist but none can be restored.
     NonFiniteStepError: a non-finite step under `nonfinite='stop'`.
   """
-  sharding.initialize_distributed(config)
+  multihost.initialize_distributed(config)
   validate_config(config)
+  if config.compilation_cache_dir:
+    # Process-wide by nature (JAX has one cache); set from the run config.
+    jax.config.update('jax_compilation_cache_dir',
+                      config.compilation_cache_dir)
   lock = _lock_workdir(workdir)
   try:
     return _train(config, workdir)

@@ -1,4 +1,4 @@
-"""Device mesh, shardings, multi-host start-up and global batches.
+"""Device mesh, shardings and global batches.
 
 Data parallelism only: a 1-D mesh with axis 'data', the batch sharded on
 it and the train state replicated. Under `jax.jit` the compiler inserts the
@@ -7,44 +7,13 @@ and no leading device axis.
 """
 
 import collections
-import os
 from typing import Iterable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
-
-
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-  """Starts `jax.distributed` when the config asks for it.
-
-  TPU pods find their peers by themselves (all fields unset). GPU clusters
-  give the coordinator address, process count and id in the config or in
-  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
-  """
-  dist = config.distributed
-  if not dist.enabled or jax.distributed.is_initialized():
-    return
-  if dist.cpu_collectives:
-    jax.config.update('jax_cpu_collectives_implementation',
-                      dist.cpu_collectives)
-  env = os.environ
-  address = dist.coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
-  num = dist.num_processes if dist.num_processes >= 0 else int(
-      env.get('JAX_NUM_PROCESSES', -1))
-  pid = dist.process_id if dist.process_id >= 0 else int(
-      env.get('JAX_PROCESS_ID', -1))
-  kwargs = {}
-  if address:
-    kwargs['coordinator_address'] = address
-  if num >= 0:
-    kwargs['num_processes'] = num
-  if pid >= 0:
-    kwargs['process_id'] = pid
-  jax.distributed.initialize(**kwargs)
 
 
 def create_mesh() -> Mesh:

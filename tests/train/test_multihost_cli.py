@@ -6,8 +6,10 @@ see the same workdir fail together instead of hanging."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -25,21 +27,35 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdirs, *overrides, timeout=600):
-  """One train.py per workdir (process i gets workdirs[i]); waits for all."""
+def _start(workdirs, *overrides, slurm=False):
+  """One train.py per workdir (process i gets workdirs[i]).
+
+  `slurm`: no coordinator flags; SLURM's variables instead, as `srun`
+  sets them for 2 tasks on one node, so JAX's own SLURM detection runs.
+  """
   port = _free_port()
   env = dict(helpers.train_env(),
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   procs = []
   for i, workdir in enumerate(workdirs):
-    command = helpers.train_command(
-        workdir, *overrides, 'distributed.enabled=True',
-        f'distributed.coordinator_address=127.0.0.1:{port}',
-        f'distributed.num_processes={len(workdirs)}',
-        f'distributed.process_id={i}', 'distributed.cpu_collectives=gloo')
-    procs.append(subprocess.Popen(command, cwd=helpers.ROOT, env=env,
+    flags = ['distributed.cpu_collectives=gloo']
+    if slurm:
+      task_env = dict(env, SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='localhost',
+                      SLURM_NTASKS=str(len(workdirs)), SLURM_PROCID=str(i),
+                      SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port))
+    else:
+      task_env = env
+      flags += [f'distributed.coordinator_address=127.0.0.1:{port}',
+                f'distributed.num_processes={len(workdirs)}',
+                f'distributed.process_id={i}']
+    command = helpers.train_command(workdir, *overrides, *flags)
+    procs.append(subprocess.Popen(command, cwd=helpers.ROOT, env=task_env,
                                   stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _wait(procs, timeout=600):
   outs = []
   try:
     for p in procs:
@@ -48,6 +64,10 @@ def _launch(workdirs, *overrides, timeout=600):
     for p in procs:
       p.kill()
   return [p.returncode for p in procs], outs
+
+
+def _launch(workdirs, *overrides, timeout=600, slurm=False):
+  return _wait(_start(workdirs, *overrides, slurm=slurm), timeout)
 
 
 def _eval_counts(workdir):
@@ -101,3 +121,42 @@ def test_processes_that_see_different_workdirs_fail_together(tmp_path):
     last = helpers.last_line(err)
     assert 'Processes [1] do not see checkpoint steps' in last
     assert 'shared filesystem' in last
+
+
+def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
+  """srun's environment alone starts the run (JAX's SLURM detection, no
+  distributed flags); by default each task gets the GPU of its
+  SLURM_LOCALID, with local_device_ids=all every local one."""
+  per_gpu = str(tmp_path / 'per_gpu')
+  codes, errs = _launch([per_gpu, per_gpu], slurm=True)
+  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  for i, err in enumerate(errs):
+    assert 'Starting jax.distributed (SLURM)' in err
+    assert f'process {i}/2, 2 local of 4 devices' in err
+    assert f'CUDA visible devices {i}' in err
+  assert _eval_counts(per_gpu) == [20]
+
+  # One process per node, and a peer that dies: the survivor fails within
+  # the heartbeat timeout instead of hanging.
+  per_node = str(tmp_path / 'per_node')
+  procs = _start([per_node, per_node], 'distributed.local_device_ids=all',
+                 'distributed.heartbeat_timeout_seconds=5',
+                 'num_train_steps=100000', 'checkpoint_every_steps=100000',
+                 slurm=True)
+  try:
+    metrics = os.path.join(per_node, 'metrics.jsonl')
+    deadline = time.monotonic() + 300
+    while not os.path.exists(metrics) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    assert os.path.exists(metrics), 'the run never trained'
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    waited = time.monotonic() - killed
+  finally:
+    for p in procs:
+      p.kill()
+  assert procs[0].returncode != 0
+  assert waited < 60, waited
+  assert 'process 0/2, 2 local of 4 devices' in err
+  assert 'CUDA visible devices' not in err
