@@ -16,7 +16,7 @@ renames it when complete, so an interrupted save never leaves a
 half-written checkpoint under a step number.
 """
 
-import os
+import io
 import time
 import zipfile
 from typing import Any, Optional
@@ -28,6 +28,7 @@ from absl import logging
 from etils import epath
 
 from se_flax.train import integrity
+from se_flax.train.paths import is_url, workdir_path
 
 
 class CheckpointError(RuntimeError):
@@ -40,13 +41,6 @@ class CorruptCheckpointError(CheckpointError):
 
 class NonFiniteStateError(CheckpointError, FloatingPointError):
   """A state with NaN or infinite values was offered for saving."""
-
-
-def workdir_path(path: str) -> epath.Path:
-  """An absolute local path, or the URL unchanged (gs://...)."""
-  if '://' in str(path):
-    return epath.Path(path)
-  return epath.Path(os.path.abspath(path))
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -322,9 +316,15 @@ def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
           for key_path, v in jax.tree_util.tree_flatten_with_path(
               variables)[0]}
-  tmp = path[:-len('.npz')] + '.tmp.npz'
-  np.savez(tmp, **flat)
-  os.replace(tmp, path)  # Never a half-written export under `path`.
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  target = epath.Path(path) if is_url(path) else workdir_path(path)
+  if is_url(path):
+    target.write_bytes(buffer.getvalue())  # Objects appear whole.
+  else:
+    tmp = target.parent / (target.name[:-len('.npz')] + '.tmp.npz')
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(target)  # Never a half-written export under `path`.
   return path
 
 
@@ -336,7 +336,7 @@ def load_exported(path: str) -> dict[str, Any]:
   """
   variables: dict[str, Any] = {}
   try:
-    with np.load(path) as data:
+    with epath.Path(path).open('rb') as f, np.load(f) as data:
       for key in data.files:
         *parents, leaf = key.split('/')
         node = variables

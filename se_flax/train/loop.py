@@ -20,10 +20,9 @@ import numpy as np
 from absl import logging
 
 from se_flax.models import registry
-from se_flax.train import checkpoint, multihost, optim, resume, sharding
-from se_flax.train import steps
+from se_flax.train import checkpoint, multihost, optim, paths, resume
 from se_flax.train import preemption as preemption_lib
-from se_flax.train import workdir_lock, writers
+from se_flax.train import sharding, steps, workdir_lock, writers
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
 
@@ -98,13 +97,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _write_config(config, workdir: str) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  if jax.process_index() == 0:
+    paths.write_text_atomic(paths.workdir_path(workdir) / 'config.json',
+                            config.to_json_best_effort(indent=2,
+                                                       sort_keys=True))
 
 
 def _init_fn(config, model, tx, image_size: int):
@@ -390,7 +386,15 @@ def _data_counters(train_batches) -> dict:
 
 
 def _lock_workdir(workdir: str):
-  """One lock per run, held by process 0; every process learns the outcome."""
+  """One lock per run, held by process 0; every process learns the outcome.
+
+  Object-store workdirs (gs://) have no atomic create, so they are not
+  locked (a warning says so).
+  """
+  if paths.is_url(workdir):
+    logging.warning('%s is not on a POSIX filesystem: it is not locked, '
+                    'so make sure no other trainer uses it', workdir)
+    return None
   lock, error = None, None
   if jax.process_index() == 0:
     lock = workdir_lock.WorkdirLock(workdir)

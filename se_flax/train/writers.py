@@ -7,32 +7,54 @@ console and the JSONL file remain.
 """
 
 import json
-import os
 import time
 from typing import Any, Mapping
 
 from absl import logging
 
+from se_flax.train import paths
+
 
 class JsonlWriter:
-  """Appends `{"step": s, name: value, ...}` lines to `metrics.jsonl`."""
+  """Appends `{"step": s, name: value, ...}` lines to `metrics.jsonl`.
+
+  Local files are appended to; on an object store (gs://), where objects
+  cannot be appended to, the file is rewritten whole at each flush.
+  """
 
   def __init__(self, workdir: str):
-    os.makedirs(workdir, exist_ok=True)
-    self._file = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._path = paths.workdir_path(workdir) / 'metrics.jsonl'
+    self._path.parent.mkdir(parents=True, exist_ok=True)
+    self._remote = paths.is_url(self._path)
+    self._lines = []
+    if self._remote:
+      if self._path.exists():
+        self._lines = self._path.read_text().splitlines(keepends=True)
+      self._file = None
+    else:
+      self._file = self._path.open('a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    self._file.write(json.dumps(record, sort_keys=True) + '\n')
+    line = json.dumps(record, sort_keys=True) + '\n'
+    if self._remote:
+      self._lines.append(line)
+    else:
+      self._file.write(line)
 
   def write_hparams(self, hparams: Mapping[str, Any]):
     del hparams  # config.json holds them.
 
   def flush(self):
-    self._file.flush()
+    if self._remote:
+      self._path.write_text(''.join(self._lines))
+    else:
+      self._file.flush()
 
   def close(self):
-    self._file.close()
+    self.flush()
+    if self._file is not None:
+      self._file.close()
 
 
 class _LogWriter:
