@@ -49,10 +49,10 @@ def _quiet_late_async_errors(unraisable) -> None:
 
 def _expected_errors() -> tuple:
   """Failures with a message meant for the user: no traceback for these."""
-  from se_flax.train import checkpoint, loop, resume, workdir_lock
+  from se_flax.train import checkpoint, nonfinite, resume, workdir_lock
   errors = [ValueError, OSError, checkpoint.CheckpointError,
             resume.ResumeMismatchError, workdir_lock.WorkdirInUseError,
-            loop.NoIntactCheckpointError, loop.NonFiniteStepError]
+            nonfinite.NonFiniteStepError]
   if 'se_flax.data.records' in sys.modules:
     errors.append(sys.modules['se_flax.data.records'].CorruptRecordError)
   return tuple(errors)

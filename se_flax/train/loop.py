@@ -4,14 +4,13 @@ Setup (config check, mesh, data, model, state, checkpoint restore) is split
 into small functions; the loop itself only steps, logs, evaluates, saves.
 """
 
-import collections
 import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,17 +19,14 @@ import numpy as np
 from absl import logging
 
 from se_flax.models import registry
-from se_flax.train import checkpoint, multihost, optim, paths, resume
+from se_flax.train import checkpoint, multihost, nonfinite, optim, paths
 from se_flax.train import preemption as preemption_lib
-from se_flax.train import sharding, steps, workdir_lock, writers
+from se_flax.train import resume, sharding, steps, workdir_lock, writers
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
 
 _SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
               'se_gate': 'gate', 'se_use_bias': 'use_bias'}
-# With nonfinite='stop', the most steps run after a non-finite one before
-# the run stops (flags are read when ready, at the latest this late).
-NONFINITE_MAX_LAG = 2
 _MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
                  'layer_impl')
 
@@ -178,163 +174,6 @@ def _meta(config, step: int, run: dict) -> dict:
           'run': run, 'config': json.loads(config.to_json_best_effort())}
 
 
-class NoIntactCheckpointError(checkpoint.CheckpointError):
-  """A workdir has checkpoints but none can be restored."""
-
-
-class NonFiniteStepError(FloatingPointError):
-  """A step was not finite and `config.nonfinite` is 'stop'."""
-
-
-def _try_step(config, ckpt, step, abstract, run):
-  """(state or None, meta, notes, reason): this process's view of `step`.
-
-  Single-process: restores and verifies it. Multi-process: reads and checks
-  its metadata, and process 0 also reads and verifies the whole state on
-  its own, so that no process enters Orbax's collective restore for a
-  checkpoint that will be refused. A config that changes the run raises
-  `resume.ResumeMismatchError` on every process.
-  """
-  try:
-    meta = ckpt.meta(step)
-    notes = resume.check_compatible(resume.stored_fingerprint(meta), run,
-                                    resume.allowed_changes(config),
-                                    str(ckpt.step_dir(step)))
-    if jax.process_count() == 1:
-      state, meta = ckpt.restore(abstract, step, meta)
-      return state, meta, notes, None
-    if jax.process_index() == 0:
-      checkpoint.verify_step_dir(ckpt.step_dir(step), meta)
-    return None, meta, notes, None
-  except checkpoint.CorruptCheckpointError as e:
-    return None, None, [], str(e)
-
-
-def _restore_agreed(ckpt, step, abstract, meta):
-  """The collective restore of a step process 0 has verified."""
-  state, reason = None, None
-  try:
-    state, meta = ckpt.restore(abstract, step, meta)
-  except checkpoint.CorruptCheckpointError as e:
-    reason = str(e)
-  ok = multihost.gather_flags(reason is None)
-  if not ok.all():
-    raise checkpoint.CheckpointError(
-        f'Processes {np.flatnonzero(~ok).tolist()} read {ckpt.step_dir(step)} '
-        'differently from process 0, which verified it'
-        + (f' (here: {reason})' if reason else '') +
-        '; every process must see the same workdir (a shared filesystem)')
-  return state
-
-
-def _restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
-                       create, run: dict):
-  """The newest intact, compatible checkpoint's state, or a new state.
-
-  Process 0 decides which steps exist and which are intact; every process
-  follows its decision, and one that cannot see what process 0 sees fails
-  with a message saying so. Damaged checkpoints newer than the one
-  restored are moved to `corrupt/`, so that later saves and rotation never
-  meet them. A config that changes the run raises
-  `resume.ResumeMismatchError` before any state is read.
-  """
-  steps = multihost.broadcast_ints(ckpt.steps())
-  unseen = sorted(set(steps) - set(ckpt.steps()))
-  seen = multihost.gather_flags(not unseen)
-  if not seen.all():
-    raise checkpoint.CheckpointError(
-        f'Processes {np.flatnonzero(~seen).tolist()} do not see checkpoint '
-        f'steps that process 0 sees under {ckpt.workdir}/checkpoints'
-        + (f' (here: {unseen} missing)' if unseen else '') +
-        '; every process must see the same workdir (a shared filesystem)')
-  if not steps:
-    return create()
-  rejected, state, notes = [], None, []
-  for step in reversed(steps):
-    state, meta, notes, reason = _try_step(config, ckpt, step, abstract, run)
-    ok = multihost.gather_flags(reason is None)
-    if ok[0] and not ok.all():
-      raise checkpoint.CheckpointError(
-          f'Processes {np.flatnonzero(~ok).tolist()} cannot read '
-          f'{ckpt.step_dir(step)}, which process 0 can'
-          + (f' (here: {reason})' if reason else '') +
-          '; every process must see the same workdir (a shared filesystem)')
-    if ok[0]:
-      if state is None:
-        state = _restore_agreed(ckpt, step, abstract, meta)
-      break
-    logging.warning('Checkpoint step %d is not usable, trying an older '
-                    'one: %s', step, reason or 'see process 0')
-    rejected.append((step, reason))
-  if state is None and not config.start_fresh_if_no_intact_checkpoint:
-    listing = '\n'.join(f'  step {s}: {reason}' for s, reason in rejected)
-    raise NoIntactCheckpointError(
-        f'None of the {len(steps)} checkpoints can be restored:\n{listing}\n'
-        f'Refusing to start over in {ckpt.workdir}: repair or move the '
-        'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
-        'True')
-  multihost.sync('se_flax_restore_read')
-  if rejected and jax.process_index() == 0:
-    for step, reason in rejected:
-      moved = ckpt.quarantine(step, reason)
-      logging.warning('Moved unusable checkpoint step %d to %s', step, moved)
-  multihost.sync('se_flax_restore_quarantined')
-  ckpt.reload()
-  if state is None:
-    logging.warning('No intact checkpoint: starting over, as '
-                    'config.start_fresh_if_no_intact_checkpoint asks')
-    return create()
-  for note in notes:
-    logging.info('%s', note)
-  logging.info('Resumed from %s (%d skipped steps before it)',
-               ckpt.step_dir(int(state.step)), int(state.skipped_steps))
-  return state
-
-
-class _FiniteWatch:
-  """Reads each step's `finite` flag without stalling the device queue.
-
-  With `config.nonfinite='stop'` a flag is read as soon as it is ready,
-  and at the latest when `max_lag` newer steps have been dispatched, so
-  the run stops within `max_lag` steps of a non-finite one; `drain()`
-  reads all (before anything is saved). With 'skip' nothing is read here.
-  """
-
-  def __init__(self, enabled: bool, max_lag: int, last_saved: Optional[int],
-               workdir: str):
-    self.enabled, self.max_lag = enabled, max_lag
-    self.last_saved, self.workdir = last_saved, workdir
-    self._pending = collections.deque()
-
-  def push(self, step: int, finite: jax.Array) -> None:
-    if self.enabled:
-      self._pending.append((step, finite))
-      self._check(drain=False)
-
-  def drain(self) -> None:
-    self._check(drain=True)
-
-  def _check(self, drain: bool) -> None:
-    while self._pending and (drain or len(self._pending) > self.max_lag
-                             or self._pending[0][1].is_ready()):
-      step, finite = self._pending.popleft()
-      if not bool(finite):
-        self._stop(step)
-
-  def _stop(self, step: int) -> None:
-    if self.last_saved is None:
-      saved = 'No checkpoint was saved by this run.'
-    else:
-      saved = (f'The newest checkpoint, step {self.last_saved} in '
-               f'{self.workdir}/checkpoints, was saved before it.')
-    raise NonFiniteStepError(
-        f'Step {step} had a non-finite loss, gradient or new state, and '
-        f"config.nonfinite='stop': it was not applied, and training "
-        f'stopped within {self.max_lag} steps of it, saving nothing after '
-        f'it. {saved} Lower the learning rate, or set '
-        "config.nonfinite='skip' to skip such steps.")
-
-
 def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
              ema: bool) -> dict:
   """Loss, top-1 and top-5 over every example of the eval split once."""
@@ -426,8 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     workdir_lock.WorkdirInUseError: another live trainer holds `workdir`.
     resume.ResumeMismatchError: the config changes the stored run.
-    NoIntactCheckpointError: checkpoints exist but none can be restored.
-    NonFiniteStepError: a non-finite step under `nonfinite='stop'`.
+    resume.NoIntactCheckpointError: checkpoints exist, none is usable.
+    nonfinite.NonFiniteStepError: a non-finite step under 'stop'.
   """
   multihost.initialize_distributed(config)
   validate_config(config)
@@ -462,7 +301,7 @@ def _train(config, workdir: str) -> TrainResult:
                                 async_save=config.async_checkpoints)
   writer = None
   try:
-    state = _restore_or_create(
+    state = resume.restore_or_create(
         config, ckpt, abstract_state(config, model, tx, inputs.image_size,
                                      mesh),
         lambda: create_state(config, model, tx, inputs.image_size, mesh),
@@ -504,7 +343,7 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
   train_batches = inputs.train(start_step)
   batches = sharding.prefetch_to_mesh(train_batches, batch_sharding,
                                       config.prefetch_batches)
-  finite_watch = _FiniteWatch(config.nonfinite == 'stop', NONFINITE_MAX_LAG,
+  finite_watch = nonfinite.FiniteWatch(config.nonfinite == 'stop', nonfinite.MAX_LAG,
                               start_step or None, workdir)
   train_summary, eval_summary, preempted = {}, {}, False
   window, timed_steps, data_seconds = [], 0, 0.0

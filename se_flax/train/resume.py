@@ -1,4 +1,5 @@
-"""What a run is, and the check that a restart does not change it.
+"""Resuming a run: what a run is, the check that a restart does not change
+it, and restoring the newest intact checkpoint (`restore_or_create`).
 
 A checkpoint stores the run-defining values of its config (`fingerprint`).
 On restart the current config's values are compared with them before
@@ -19,7 +20,12 @@ like any other.
 import json
 from typing import Any
 
+import jax
 import ml_collections
+import numpy as np
+from absl import logging
+
+from se_flax.train import checkpoint, multihost
 
 # Fields of config.model that change speed only, never what is computed.
 _MODEL_IMPLEMENTATION_FIELDS = ('layer_impl',)
@@ -125,3 +131,112 @@ def stored_fingerprint(meta: dict) -> dict[str, Any]:
               if k in _DATA_FIELDS})
   run.update({k: config[k] for k in _RECIPE_FIELDS if k in config})
   return run
+
+
+class NoIntactCheckpointError(checkpoint.CheckpointError):
+  """A workdir has checkpoints but none can be restored."""
+
+
+def _try_step(config, ckpt, step, abstract, run):
+  """(state or None, meta, notes, reason): this process's view of `step`.
+
+  Single-process: restores and verifies it. Multi-process: reads and checks
+  its metadata, and process 0 also reads and verifies the whole state on
+  its own, so that no process enters Orbax's collective restore for a
+  checkpoint that will be refused. A config that changes the run raises
+  `ResumeMismatchError` on every process.
+  """
+  try:
+    meta = ckpt.meta(step)
+    notes = check_compatible(stored_fingerprint(meta), run,
+                             allowed_changes(config),
+                                    str(ckpt.step_dir(step)))
+    if jax.process_count() == 1:
+      state, meta = ckpt.restore(abstract, step, meta)
+      return state, meta, notes, None
+    if jax.process_index() == 0:
+      checkpoint.verify_step_dir(ckpt.step_dir(step), meta)
+    return None, meta, notes, None
+  except checkpoint.CorruptCheckpointError as e:
+    return None, None, [], str(e)
+
+
+def _restore_agreed(ckpt, step, abstract, meta):
+  """The collective restore of a step process 0 has verified."""
+  state, reason = None, None
+  try:
+    state, meta = ckpt.restore(abstract, step, meta)
+  except checkpoint.CorruptCheckpointError as e:
+    reason = str(e)
+  ok = multihost.gather_flags(reason is None)
+  if not ok.all():
+    raise checkpoint.CheckpointError(
+        f'Processes {np.flatnonzero(~ok).tolist()} read {ckpt.step_dir(step)} '
+        'differently from process 0, which verified it'
+        + (f' (here: {reason})' if reason else '') +
+        '; every process must see the same workdir (a shared filesystem)')
+  return state
+
+
+def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
+                       create, run: dict):
+  """The newest intact, compatible checkpoint's state, or a new state.
+
+  Process 0 decides which steps exist and which are intact; every process
+  follows its decision, and one that cannot see what process 0 sees fails
+  with a message saying so. Damaged checkpoints newer than the one
+  restored are moved to `corrupt/`, so that later saves and rotation never
+  meet them. A config that changes the run raises
+  `ResumeMismatchError` before any state is read.
+  """
+  steps = multihost.broadcast_ints(ckpt.steps())
+  unseen = sorted(set(steps) - set(ckpt.steps()))
+  seen = multihost.gather_flags(not unseen)
+  if not seen.all():
+    raise checkpoint.CheckpointError(
+        f'Processes {np.flatnonzero(~seen).tolist()} do not see checkpoint '
+        f'steps that process 0 sees under {ckpt.workdir}/checkpoints'
+        + (f' (here: {unseen} missing)' if unseen else '') +
+        '; every process must see the same workdir (a shared filesystem)')
+  if not steps:
+    return create()
+  rejected, state, notes = [], None, []
+  for step in reversed(steps):
+    state, meta, notes, reason = _try_step(config, ckpt, step, abstract, run)
+    ok = multihost.gather_flags(reason is None)
+    if ok[0] and not ok.all():
+      raise checkpoint.CheckpointError(
+          f'Processes {np.flatnonzero(~ok).tolist()} cannot read '
+          f'{ckpt.step_dir(step)}, which process 0 can'
+          + (f' (here: {reason})' if reason else '') +
+          '; every process must see the same workdir (a shared filesystem)')
+    if ok[0]:
+      if state is None:
+        state = _restore_agreed(ckpt, step, abstract, meta)
+      break
+    logging.warning('Checkpoint step %d is not usable, trying an older '
+                    'one: %s', step, reason or 'see process 0')
+    rejected.append((step, reason))
+  if state is None and not config.start_fresh_if_no_intact_checkpoint:
+    listing = '\n'.join(f'  step {s}: {reason}' for s, reason in rejected)
+    raise NoIntactCheckpointError(
+        f'None of the {len(steps)} checkpoints can be restored:\n{listing}\n'
+        f'Refusing to start over in {ckpt.workdir}: repair or move the '
+        'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
+        'True')
+  multihost.sync('se_flax_restore_read')
+  if rejected and jax.process_index() == 0:
+    for step, reason in rejected:
+      moved = ckpt.quarantine(step, reason)
+      logging.warning('Moved unusable checkpoint step %d to %s', step, moved)
+  multihost.sync('se_flax_restore_quarantined')
+  ckpt.reload()
+  if state is None:
+    logging.warning('No intact checkpoint: starting over, as '
+                    'config.start_fresh_if_no_intact_checkpoint asks')
+    return create()
+  for note in notes:
+    logging.info('%s', note)
+  logging.info('Resumed from %s (%d skipped steps before it)',
+               ckpt.step_dir(int(state.step)), int(state.skipped_steps))
+  return state

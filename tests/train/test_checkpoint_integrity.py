@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import se_flax
-from se_flax.train import checkpoint, loop, resume
+from se_flax.train import checkpoint, loop, nonfinite, resume
 
 from tests.train import helpers
 from tests.train.tiny_config import tiny_config
@@ -188,7 +188,7 @@ def test_nonfinite_stop_stops_and_saves_nothing_after(tmp_path):
   config = tiny_config(num_train_steps=8, checkpoint_every_steps=1,
                        learning_rate=1e30, nonfinite='stop',
                        log_every_steps=100)
-  with pytest.raises(loop.NonFiniteStepError) as error:
+  with pytest.raises(nonfinite.NonFiniteStepError) as error:
     loop.train_and_evaluate(config, workdir)
   message = str(error.value)
   bad_step = int(message.split('Step ')[1].split(' ')[0])
