@@ -78,6 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpoints = True
   c.prefetch_batches = 2
+  # Multi-process runs agree on a SIGTERM every this many steps (a
+  # cross-host round trip); a preempted pod saves at most this many steps
+  # after the signal. One process checks every step.
+  c.preemption_check_every_steps = 10
   # Restarting a workdir: run-defining fields (resume.py) that may differ
   # from the stored run, comma-separated ('batch_size,seed'), or 'all'.
   c.resume_allow_changes = ''

@@ -84,6 +84,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
         f"{config.nonfinite!r} is not 'skip' or 'stop'")
   check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
+  check(config.preemption_check_every_steps > 0,
+        'preemption_check_every_steps', 'must be positive')
   check(0.0 <= config.label_smoothing < 1.0, 'label_smoothing',
         'must be in [0, 1)')
   check(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs',
@@ -212,6 +214,14 @@ def _summarise(fetched: list, timed_steps: int, seconds: float,
     summary['step_time_ms'] = 1e3 * seconds / timed_steps
     summary['data_wait_fraction'] = data_seconds / seconds
   return summary
+
+
+def _device_memory() -> dict:
+  """GiB in use and at peak on the first local device, where JAX tells."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return {name: stats[key] / 2**30 for name, key in (
+      ('device_memory_gib', 'bytes_in_use'),
+      ('device_memory_peak_gib', 'peak_bytes_in_use')) if key in stats}
 
 
 def _data_counters(train_batches) -> dict:
@@ -363,10 +373,9 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
             'compile_seconds': time.perf_counter() - window_start})
         timed_steps, data_seconds = 0, 0.0
         window_start = time.perf_counter()
+        progress.start(step + 1)
       else:
         timed_steps += 1
-      # The ETA starts after compilation, so it is not skewed by it.
-      progress(step + 1)
       done = step + 1
       if done % config.log_every_steps == 0 or done == num_steps:
         fetched = jax.device_get(window)  # Waits for the window's steps.
@@ -375,11 +384,17 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
                                    data_seconds, config.batch_size)
         train_summary['skipped_steps'] = int(state.skipped_steps)
         train_summary.update(_data_counters(train_batches))
+        train_summary.update(_device_memory())
         writer.write_scalars(done, {f'train/{k}': v
                                     for k, v in train_summary.items()})
+        progress.update(done)
         window, timed_steps, data_seconds = [], 0, 0.0
         window_start = time.perf_counter()
-      preempted = multihost.any_process(preemption.requested)
+      # One process: the flag is local, read every step. Several: agreeing
+      # is a cross-host round trip, so only every N steps (and at the end).
+      if (jax.process_count() == 1
+          or done % config.preemption_check_every_steps == 0):
+        preempted = multihost.any_process(preemption.requested)
       evaluating = done % eval_every == 0 or done == num_steps
       saving = (done % config.checkpoint_every_steps == 0
                 or done == num_steps or preempted)

@@ -101,10 +101,12 @@ def create_writer(workdir: str, is_main_process: bool) -> Writers:
 
 
 class Progress:
-  """Steps/s and ETA every `every_seconds`, counted from the first call.
+  """Steps/s and ETA at most every `every_seconds`, on a synchronised clock.
 
-  The first call comes after the first (compiling) step, so compilation
-  does not skew the ETA.
+  `start` and `update` must be called where the dispatched steps have
+  finished (after a fetch of their results), so the rate is what a
+  stopwatch says, evaluation and saving included; `start` comes after the
+  compiling step, so compilation does not skew the ETA.
   """
 
   def __init__(self, num_steps: int, writer, every_seconds: float = 60.0):
@@ -114,10 +116,13 @@ class Progress:
     self._start = self._last = None
     self._start_step = 0
 
-  def __call__(self, step: int):
+  def start(self, step: int) -> None:
+    self._start = self._last = time.perf_counter()
+    self._start_step = step
+
+  def update(self, step: int) -> None:
     now = time.perf_counter()
-    if self._start is None:
-      self._start, self._last, self._start_step = now, now, step
+    if self._start is None or step == self._start_step:
       return
     if now - self._last < self._every and step != self._num_steps:
       return

@@ -10,7 +10,7 @@ import numpy as np
 
 # Wall-clock figures differ between runs; everything else must not.
 _TIMING = ('images_per_sec', 'step_time_ms', 'data_wait_fraction',
-           'compile_seconds', 'steps_per_sec')
+           'compile_seconds', 'steps_per_sec', 'device_memory')
 
 
 def read_metrics(workdir):

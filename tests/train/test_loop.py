@@ -3,14 +3,16 @@
 import json
 import os
 import signal
+import time
 
 import jax
 import numpy as np
 import pytest
+from jax.experimental import io_callback
 from jax.sharding import Mesh
 
 import se_flax
-from se_flax.train import checkpoint, inputs, loop, sharding
+from se_flax.train import checkpoint, inputs, loop, sharding, steps
 
 from tests.train.helpers import assert_trees_equal, read_metrics
 from tests.train.tiny_config import tiny_config
@@ -160,3 +162,35 @@ def test_locked_config_rejects_misspelt_fields():
   config.lock()
   with pytest.raises(AttributeError):
     config.learning_rat = 0.1
+
+
+def test_logged_step_time_is_wall_clock_time(tmp_path, monkeypatch):
+  """Each step sleeps 0.25 s on the device side (an ordered host callback
+  inside the jitted step, so dispatch returns at once): the logged step
+  time, throughput and progress rate must still match a stopwatch."""
+  sleep = 0.25
+  real_step = steps.train_step
+
+  def slow_step(state, batch, **kwargs):
+    token = io_callback(lambda: (time.sleep(sleep), np.int32(0))[1],
+                        jax.ShapeDtypeStruct((), np.int32), ordered=True)
+    state, metrics = real_step(state, batch, **kwargs)
+    return state, dict(metrics, loss=metrics['loss'] + 0.0 * token)
+
+  monkeypatch.setattr(steps, 'train_step', slow_step)
+  workdir = str(tmp_path / 'run')
+  start = time.perf_counter()
+  loop.train_and_evaluate(
+      tiny_config(num_train_steps=9, log_every_steps=4,
+                  checkpoint_every_steps=100), workdir)
+  wall = time.perf_counter() - start
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  logged = [r for r in records if 'train/step_time_ms' in r]
+  assert [r['step'] for r in logged] == [4, 8, 9]
+  for r in logged:
+    assert 1e3 * sleep <= r['train/step_time_ms'] < 1e3 * (sleep + 0.5), r
+    assert r['train/images_per_sec'] <= 16 / sleep
+  rate = [r['steps_per_sec'] for r in records if 'steps_per_sec' in r]
+  assert rate and rate[-1] <= 1 / sleep
+  assert 8 * sleep < wall
