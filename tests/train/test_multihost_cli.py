@@ -70,6 +70,22 @@ def _launch(workdirs, *overrides, timeout=600, slurm=False):
   return _wait(_start(workdirs, *overrides, slurm=slurm), timeout)
 
 
+def _wait_for_training(workdir, procs, timeout=300):
+  """Until the run has logged a train step (the first log comes after it)."""
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if os.path.exists(metrics) and 'train/loss' in open(metrics).read():
+      return
+    if any(p.poll() is not None for p in procs):
+      break
+    time.sleep(0.2)
+  for p in procs:
+    p.kill()
+  raise AssertionError('the run never trained: ' +
+                       ''.join(p.communicate()[1][-2000:] for p in procs))
+
+
 def _eval_counts(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [r['eval/num_examples'] for r in map(json.loads, f)
@@ -127,14 +143,22 @@ def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
   """srun's environment alone starts the run (JAX's SLURM detection, no
   distributed flags); by default each task gets the GPU of its
   SLURM_LOCALID, with local_device_ids=all every local one."""
+  # SIGTERM to one task (as a preempted node gets): both agree at the next
+  # check, save the same step and exit 75 (requeue).
   per_gpu = str(tmp_path / 'per_gpu')
-  codes, errs = _launch([per_gpu, per_gpu], slurm=True)
-  assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  procs = _start([per_gpu, per_gpu], 'num_train_steps=100000',
+                 'checkpoint_every_steps=100000', 'log_every_steps=1',
+                 'preemption_check_every_steps=3', slurm=True)
+  _wait_for_training(per_gpu, procs)
+  procs[1].send_signal(signal.SIGTERM)
+  codes, errs = _wait(procs, timeout=300)
+  assert codes == [75, 75], errs[0][-3000:] + errs[1][-3000:]
   for i, err in enumerate(errs):
     assert 'Starting jax.distributed (SLURM)' in err
     assert f'process {i}/2, 2 local of 4 devices' in err
     assert f'CUDA visible devices {i}' in err
-  assert _eval_counts(per_gpu) == [20]
+  saved = os.listdir(os.path.join(per_gpu, 'checkpoints'))
+  assert len(saved) == 1 and int(saved[0]) % 3 == 0, saved
 
   # One process per node, and a peer that dies: the survivor fails within
   # the heartbeat timeout instead of hanging.
@@ -144,11 +168,7 @@ def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
                  'num_train_steps=100000', 'checkpoint_every_steps=100000',
                  slurm=True)
   try:
-    metrics = os.path.join(per_node, 'metrics.jsonl')
-    deadline = time.monotonic() + 300
-    while not os.path.exists(metrics) and time.monotonic() < deadline:
-      time.sleep(0.2)
-    assert os.path.exists(metrics), 'the run never trained'
+    _wait_for_training(per_node, procs)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     _, err = procs[0].communicate(timeout=120)
