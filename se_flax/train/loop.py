@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -234,6 +233,16 @@ def _data_counters(train_batches) -> dict:
   return out
 
 
+class _LockedOnProcess0(workdir_lock.WorkdirInUseError):
+  """What the other processes raise when process 0 found the lock held."""
+
+  def __init__(self, workdir: str):  # pylint: disable=super-init-not-called
+    self.path, self.holder = f'{workdir}/{workdir_lock.LOCK_NAME}', None
+    RuntimeError.__init__(
+        self, f'Process 0 could not lock {workdir}: another trainer uses it '
+        '(process 0 names the holder)')
+
+
 def _lock_workdir(workdir: str):
   """One lock per run, held by process 0; every process learns the outcome.
 
@@ -254,8 +263,7 @@ def _lock_workdir(workdir: str):
   if jax.process_count() > 1:
     ok = multihost.broadcast_ints([error is None])[0]
     if not ok and error is None:
-      error = workdir_lock.WorkdirInUseError(
-          os.path.join(workdir, workdir_lock.LOCK_NAME), None, 0.0)
+      error = _LockedOnProcess0(workdir)
   if error is not None:
     raise error
   return lock
