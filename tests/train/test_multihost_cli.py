@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import se_flax
 from se_flax.train import loop
@@ -180,3 +181,24 @@ def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
   assert waited < 60, waited
   assert 'process 0/2, 2 local of 4 devices' in err
   assert 'CUDA visible devices' not in err
+
+
+@pytest.mark.slow
+def test_two_train_py_processes_through_tfds_resume_bitwise(tmp_path):
+  """The TFDS pipeline, 2 processes (each reads its own half of every
+  split): exact eval count, and a run stopped and resumed across an epoch
+  boundary equals an uninterrupted one bit for bit."""
+  root = str(tmp_path / 'tiny')
+  tfds = ['data.source=tiny_imagenet', f'data.tiny.root={root}',
+          'data.tiny.num_classes=5', 'data.tiny.train_per_class=12',
+          'data.tiny.val_per_class=5', 'data.tiny.image_size=48',
+          'data.shuffle_buffer=64', 'data.prefetch=1']
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  for workdir, steps in ((straight, 4), (resumed, 2), (resumed, 4)):
+    codes, errs = _launch([workdir, workdir], *tfds,
+                          f'num_train_steps={steps}')
+    assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+  assert _eval_counts(straight) == [25]
+  assert _eval_counts(resumed) == [25, 25]
+  helpers.assert_trees_equal(se_flax.load_variables(straight),
+                             se_flax.load_variables(resumed))
