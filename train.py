@@ -8,9 +8,11 @@ Exit status, for schedulers:
   0   finished (num_train_steps reached)
   1   failed; the last line of stderr names the cause and the path
   75  preempted (SIGTERM): the state was saved, run the same command again
+  130 Ctrl-C: the state was saved (a second Ctrl-C aborts without saving)
 """
 
 import importlib.util
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -24,27 +26,16 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 EXIT_FAILED = 1
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
+EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
 
 
-class _QuietOrbax(logging.logging.Filter):
+class _QuietOrbax(std_logging.Filter):
   """Keeps Orbax's per-save INFO chatter out of the training log."""
 
   def filter(self, record):
-    return (record.levelno >= logging.WARNING
+    # std logging levels: absl's constants (WARNING == -1) are another scale.
+    return (record.levelno >= std_logging.WARNING
             or '/orbax/' not in record.pathname)
-
-
-def _quiet_late_async_errors(unraisable) -> None:
-  """Drops TensorStore callbacks that fire after a failed restore ended.
-
-  They reach a closed asyncio loop and would print a traceback after the
-  real error, which has already been reported.
-  """
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and 'Event loop is closed' in str(unraisable.exc_value)):
-    logging.debug('Ignored after shutdown: %s', unraisable.exc_value)
-    return
-  sys.__unraisablehook__(unraisable)
 
 
 def _expected_errors() -> tuple:
@@ -61,8 +52,9 @@ def _expected_errors() -> tuple:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from se_flax.train import cli
   logging.get_absl_handler().addFilter(_QuietOrbax())
-  sys.unraisablehook = _quiet_late_async_errors
+  cli.install_quiet_shutdown()
   config = FLAGS.config
   # TensorFlow is only the input pipeline (and CLU's summary writer, which
   # imports it on every data source): keep it off the accelerators before
@@ -77,14 +69,15 @@ def main(argv):
     logging.info('JAX %s', multihost.layout())
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except _expected_errors() as e:
-    print(f'train.py: error: {type(e).__name__}: {e}', file=sys.stderr,
-          flush=True)
-    return EXIT_FAILED
+    cli.fail('train.py', e, EXIT_FAILED)
   if result.preempted:
-    print(f'train.py: preempted at step {int(result.state.step)}; state '
-          f'saved in {FLAGS.workdir}. Exit {EXIT_PREEMPTED}: run the same '
-          'command to resume.', file=sys.stderr, flush=True)
-    return EXIT_PREEMPTED
+    code = EXIT_INTERRUPTED if result.stop_signal == 'SIGINT' else (
+        EXIT_PREEMPTED)
+    print(f'train.py: {result.stop_signal}: stopped at step '
+          f'{int(result.state.step)}, state saved in {FLAGS.workdir}. Exit '
+          f'{code}: run the same command to resume.', file=sys.stderr,
+          flush=True)
+    return code
   return 0
 
 

@@ -39,8 +39,17 @@ class CorruptCheckpointError(CheckpointError):
   """A checkpoint's files cannot be read or do not match its manifest."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+  """An intact checkpoint of a state with other leaves or shapes."""
+
+
 class NonFiniteStateError(CheckpointError, FloatingPointError):
   """A state with NaN or infinite values was offered for saving."""
+
+
+# Metadata format; its presence also marks a checkpoint that must carry a
+# checksum manifest (older ones, saved before manifests, have neither).
+FORMAT = 2
 
 
 def _one_line(error: BaseException, limit: int = 300) -> str:
@@ -81,6 +90,9 @@ def verify(tree, meta: dict, where: str, partial: bool = False) -> None:
   """
   leaves = integrity.host_leaves(tree)
   manifest = meta.get('checksums')
+  if manifest is None and ('format' in meta or 'run' in meta):
+    raise CorruptCheckpointError(f'{where}: its checksum manifest is missing '
+                                 'from its metadata')
   if manifest is None:
     logging.warning('%s has no checksum manifest (saved by an older '
                     'se_flax): its contents are not verified', where)
@@ -127,7 +139,7 @@ class Checkpoints:
           f'Refused to save step {step} to {where}: non-finite values in '
           f'{integrity.summarise(bad)}. Nothing was written; the checkpoints '
           'already on disk are unchanged.')
-    return {**meta, 'checksums': integrity.checksums(leaves)}
+    return {**meta, 'format': FORMAT, 'checksums': integrity.checksums(leaves)}
 
   def save(self, step: int, state, meta: dict) -> None:
     """Saves the latest state (async); a no-op if `step` exists."""
@@ -182,25 +194,48 @@ class Checkpoints:
       restored = self.latest.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
     except Exception as e:  # Damaged files, or another model's checkpoint.
+      saved_by = (f'model {meta.get("model")!r} with '
+                  f'{meta.get("num_classes", "?")} classes')
+      differ = shape_differences(where, abstract_state)
+      if differ:
+        raise IncompatibleCheckpointError(
+            f'{where} is intact but holds another state ({saved_by}): '
+            f'{integrity.summarise(differ)}. A change of parameter shapes '
+            'cannot be resumed: use a new workdir (and load these weights '
+            'there if you want them)') from None
       raise CorruptCheckpointError(
           f'{where}: cannot be restored ({_one_line(e)}); it was saved by '
-          f'model {meta.get("model")!r} with '
-          f'{meta.get("num_classes", "?")} classes') from None
+          f'{saved_by}') from None
     verify(restored.state, meta, str(where))
     return restored.state, meta
 
-  def quarantine(self, step: int, reason: str) -> epath.Path:
-    """Moves an unusable checkpoint to `corrupt/` (call on one process)."""
+  def check_best(self) -> Optional[str]:
+    """Why the kept best checkpoint is unusable, or None (read in full)."""
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    try:
+      verify_step_dir(self.step_dir(step, best=True))
+    except CheckpointError as e:
+      return str(e)
+    return None
+
+  def quarantine(self, step: int, reason: str,
+                 best: bool = False) -> epath.Path:
+    """Moves a checkpoint to `corrupt/` (call on one process)."""
     stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
-    target = self.workdir / 'corrupt' / f'checkpoints-{step}-{stamp}'
+    kind = 'best' if best else 'checkpoints'
+    target = self.workdir / 'corrupt' / f'{kind}-{step}-{stamp}'
     target.parent.mkdir(parents=True, exist_ok=True)
-    self.step_dir(step).rename(target)
+    self.step_dir(step, best).rename(target)
     (target / 'REASON.txt').write_text(reason + '\n')
     return target
 
   def reload(self) -> None:
     """Re-reads the step lists (after `quarantine` on another process)."""
     self.latest.reload()
+    self.best.reload()
+    self._best_known, self._best_top1 = False, None
 
   def wait(self) -> None:
     """Blocks until async saves are on disk; raises their errors."""
@@ -223,9 +258,8 @@ def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
   return directory, steps
 
 
-def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
-  """The state (or its `keys`) under `path` as numpy, read by this process
-  alone (no cross-process barrier, unlike a `CheckpointManager` restore)."""
+def _state_metadata(path: epath.Path):
+  """The array metadata tree of a checkpoint's `state/`, read locally."""
   local = ocp.options.MultiprocessingOptions(
       primary_host=jax.process_index(),
       active_processes={jax.process_index()})
@@ -237,10 +271,43 @@ def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
     except Exception as e:
       raise CorruptCheckpointError(
           f'{path}: array metadata unreadable ({_one_line(e)})') from None
-    tree = getattr(getattr(metadata, 'item_metadata', None), 'tree', None)
-    if tree is None:
-      raise CorruptCheckpointError(
-          f'{path}: array metadata (_METADATA) missing or unreadable')
+  tree = getattr(getattr(metadata, 'item_metadata', None), 'tree', None)
+  if tree is None:
+    raise CorruptCheckpointError(
+        f'{path}: array metadata (_METADATA) missing or unreadable')
+  return tree
+
+
+def shape_differences(step_dir: epath.Path, abstract_state) -> list[str]:
+  """Leaves whose presence or shape differ between a checkpoint and a
+  state layout; [] when they agree or the metadata cannot be read."""
+  try:
+    tree = _state_metadata(step_dir / 'state')
+  except CorruptCheckpointError:
+    return []
+  stored = {integrity.leaf_name(p): tuple(leaf.shape) for p, leaf in
+            jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(leaf, 'shape')}
+  wanted = {integrity.leaf_name(p): tuple(x.shape) for p, x in
+            jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  lines = [f'{n}: stored {stored[n]}, wanted {wanted[n]}'
+           for n in sorted(wanted) if n in stored and stored[n] != wanted[n]]
+  lines += [f'{n}: not stored' for n in sorted(wanted) if n not in stored]
+  lines += [f'{n}: stored, not wanted' for n in sorted(stored)
+            if n not in wanted]
+  return lines
+
+
+def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
+  """The state (or its `keys`) under `path` as numpy, read by this process
+  alone (no cross-process barrier, unlike a `CheckpointManager` restore)."""
+  tree = _state_metadata(path)
+  local = ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(),
+      active_processes={jax.process_index()})
+  with ocp.Checkpointer(
+      ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
+      multiprocessing_options=local) as checkpointer:
     if keys is not None:
       missing = [k for k in keys if tree.get(k) is None]
       if missing:
@@ -351,8 +418,12 @@ def load_exported(path: str) -> dict[str, Any]:
   return variables
 
 
-def main(argv=None):
-  """`python -m se_flax.train.checkpoint --workdir DIR --output F.npz`."""
+def main(argv=None, *, exit_quietly: bool = False):
+  """`python -m se_flax.train.checkpoint --workdir DIR --output F.npz`.
+
+  `exit_quietly` (the command line): a failure prints one message and ends
+  the process at once; otherwise it raises SystemExit with the message.
+  """
   import argparse
   parser = argparse.ArgumentParser(
       description='Export the weights of a training workdir to a .npz file.')
@@ -368,9 +439,14 @@ def main(argv=None):
     path = export_variables(args.workdir, args.output, args.step,
                             ema=args.ema, best=args.best)
   except (CheckpointError, FileNotFoundError, ValueError) as e:
+    if exit_quietly:
+      from se_flax.train import cli  # pylint: disable=g-import-not-at-top
+      cli.fail('export', e)
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  main()
+  from se_flax.train import cli as _cli  # pylint: disable=g-import-not-at-top
+  _cli.install_quiet_shutdown()
+  main(exit_quietly=True)

@@ -9,7 +9,7 @@ import functools
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,8 @@ class TrainResult:
   state: TrainState
   train_metrics: dict  # The last logged window.
   eval_metrics: dict  # The last evaluation ({} if none ran).
-  preempted: bool
+  preempted: bool  # Stopped by SIGTERM or Ctrl-C, state saved.
+  stop_signal: Optional[str] = None  # 'SIGTERM' | 'SIGINT' when preempted.
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -294,13 +295,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       config.compilation_cache_dir)
   lock = _lock_workdir(workdir)
   try:
-    return _train(config, workdir)
+    # From setup to the last save on disk: a signal during setup stops the
+    # run before it compiles; one during the final save cannot cut it.
+    with preemption_lib.PreemptionWatcher() as preemption:
+      return _train(config, workdir, preemption)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config, workdir: str) -> TrainResult:
+def _train(config, workdir: str, preemption) -> TrainResult:
   mesh = sharding.create_mesh()
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -335,8 +339,11 @@ def _train(config, workdir: str) -> TrainResult:
                  jax.device_count())
     result = _loop(config, state, start_step, num_steps, eval_every,
                    train_fn, eval_fn, inputs, batch_sharding, ckpt, writer,
-                   run, workdir)
+                   run, workdir, preemption)
     ckpt.wait()
+    if result.preempted:
+      logging.warning('%s: step %d is saved; exiting', result.stop_signal,
+                      int(result.state.step))
     return result
   finally:
     _close(ckpt, writer)
@@ -355,81 +362,91 @@ def _close(ckpt, writer) -> None:
 
 
 def _loop(config, state, start_step, num_steps, eval_every, train_fn,
-          eval_fn, inputs, batch_sharding, ckpt, writer, run,
-          workdir) -> TrainResult:
+          eval_fn, inputs, batch_sharding, ckpt, writer, run, workdir,
+          preemption) -> TrainResult:
   progress = writers.Progress(num_steps, writer)
   train_batches = inputs.train(start_step)
   batches = sharding.prefetch_to_mesh(train_batches, batch_sharding,
                                       config.prefetch_batches)
-  finite_watch = nonfinite.FiniteWatch(config.nonfinite == 'stop', nonfinite.MAX_LAG,
-                              start_step or None, workdir)
+  finite_watch = nonfinite.FiniteWatch(
+      config.nonfinite == 'stop', nonfinite.MAX_LAG, start_step or None,
+      workdir)
   train_summary, eval_summary, preempted = {}, {}, False
   window, timed_steps, data_seconds = [], 0, 0.0
   window_start = time.perf_counter()
 
-  with preemption_lib.PreemptionWatcher() as preemption:
-    for step in range(start_step, num_steps):
-      t = time.perf_counter()
-      batch = next(batches)
-      data_seconds += time.perf_counter() - t
-      state, metrics = train_fn(state, batch)
-      window.append(metrics)
-      finite_watch.push(step + 1, metrics['finite'])
-      if step == start_step:
-        jax.block_until_ready(state)
-        writer.write_scalars(step + 1, {
-            'compile_seconds': time.perf_counter() - window_start})
-        timed_steps, data_seconds = 0, 0.0
-        window_start = time.perf_counter()
-        progress.start(step + 1)
-      else:
-        timed_steps += 1
-      done = step + 1
-      if done % config.log_every_steps == 0 or done == num_steps:
-        fetched = jax.device_get(window)  # Waits for the window's steps.
-        train_summary = _summarise(fetched, timed_steps,
-                                   time.perf_counter() - window_start,
-                                   data_seconds, config.batch_size)
-        train_summary['skipped_steps'] = int(state.skipped_steps)
-        train_summary.update(_data_counters(train_batches))
-        train_summary.update(_device_memory())
-        writer.write_scalars(done, {f'train/{k}': v
-                                    for k, v in train_summary.items()})
-        progress.update(done)
-        window, timed_steps, data_seconds = [], 0, 0.0
-        window_start = time.perf_counter()
-      # One process: the flag is local, read every step. Several: agreeing
-      # is a cross-host round trip, so only every N steps (and at the end).
-      if (jax.process_count() == 1
-          or done % config.preemption_check_every_steps == 0):
-        preempted = multihost.any_process(preemption.requested)
-      evaluating = done % eval_every == 0 or done == num_steps
-      saving = (done % config.checkpoint_every_steps == 0
-                or done == num_steps or preempted)
-      if evaluating or saving:
-        finite_watch.drain()  # Nothing after a non-finite step is saved.
-        # Eval and save time is not step time: start its clock once the
-        # dispatched steps are done.
-        jax.block_until_ready(state)
-        pause_start = time.perf_counter()
-      if evaluating:
-        eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
-                                     config)
-        writer.write_scalars(done, eval_summary)
-        if ckpt.save_best(done, state, _meta(config, done, run),
+  if multihost.any_process(preemption.requested):
+    # Signalled during setup: the restored state is on disk already.
+    return TrainResult(state, {}, {}, True, preemption.signal_name)
+  for step in range(start_step, num_steps):
+    t = time.perf_counter()
+    batch = next(batches)
+    data_seconds += time.perf_counter() - t
+    state, metrics = train_fn(state, batch)
+    window.append(metrics)
+    finite_watch.push(step + 1, metrics['finite'])
+    if step == start_step:
+      jax.block_until_ready(state)
+      writer.write_scalars(step + 1, {
+          'compile_seconds': time.perf_counter() - window_start})
+      timed_steps, data_seconds = 0, 0.0
+      window_start = time.perf_counter()
+      progress.start(step + 1)
+    else:
+      timed_steps += 1
+    done = step + 1
+    if done % config.log_every_steps == 0 or done == num_steps:
+      fetched = jax.device_get(window)  # Waits for the window's steps.
+      train_summary = _summarise(fetched, timed_steps,
+                                 time.perf_counter() - window_start,
+                                 data_seconds, config.batch_size)
+      train_summary['skipped_steps'] = int(state.skipped_steps)
+      if train_summary['nonfinite_steps'] == len(fetched):
+        logging.warning('Every step of the last %d was non-finite and '
+                        'skipped (%d in all): the run is not training',
+                        len(fetched), train_summary['skipped_steps'])
+      train_summary.update(_data_counters(train_batches))
+      train_summary.update(_device_memory())
+      writer.write_scalars(done, {f'train/{k}': v
+                                  for k, v in train_summary.items()})
+      progress.update(done)
+      window, timed_steps, data_seconds = [], 0, 0.0
+      window_start = time.perf_counter()
+    # One process: the flag is local, read every step. Several: agreeing
+    # is a cross-host round trip, so only every N steps (and at the end).
+    if (jax.process_count() == 1
+        or done % config.preemption_check_every_steps == 0):
+      preempted = multihost.any_process(preemption.requested)
+    evaluating = done % eval_every == 0 or done == num_steps
+    saving = (done % config.checkpoint_every_steps == 0
+              or done == num_steps or preempted)
+    if evaluating or saving:
+      finite_watch.drain()  # Nothing after a non-finite step is saved.
+      # Eval and save time is not step time: start its clock once the
+      # dispatched steps are done.
+      jax.block_until_ready(state)
+      pause_start = time.perf_counter()
+    if saving:  # Before the best: on a filling disk, resuming matters.
+      ckpt.save(done, state, _meta(config, done, run))
+      finite_watch.last_saved = done
+    if evaluating:
+      eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
+                                   config)
+      writer.write_scalars(done, eval_summary)
+      if not np.isfinite(eval_summary['eval/loss']):
+        logging.warning('Step %d: eval loss is %s; not a best checkpoint',
+                        done, eval_summary['eval/loss'])
+      elif ckpt.save_best(done, state, _meta(config, done, run),
                           eval_summary['eval/top1']):
-          logging.info('New best top-1 %.4f: saved %s',
-                       eval_summary['eval/top1'],
-                       ckpt.step_dir(done, best=True))
-      if saving:
-        ckpt.save(done, state, _meta(config, done, run))
-        finite_watch.last_saved = done
-      if evaluating or saving:
-        window_start += time.perf_counter() - pause_start
-      if preempted:
-        logging.warning('SIGTERM: saved step %d, exiting', done)
-        break
-  return TrainResult(state, train_summary, eval_summary, preempted)
+        logging.info('New best top-1 %.4f: saved %s',
+                     eval_summary['eval/top1'],
+                     ckpt.step_dir(done, best=True))
+    if evaluating or saving:
+      window_start += time.perf_counter() - pause_start
+    if preempted:
+      break
+  return TrainResult(state, train_summary, eval_summary, preempted,
+                     preemption.signal_name if preempted else None)
 
 
 def _evaluate_all(eval_fn, state, inputs, batch_sharding, config) -> dict:

@@ -178,6 +178,25 @@ def _restore_agreed(ckpt, step, abstract, meta):
   return state
 
 
+def _set_aside_unusable_best(ckpt: checkpoint.Checkpoints,
+                             starting_over: bool) -> None:
+  """Moves a damaged best checkpoint, or a previous run's, to corrupt/.
+
+  Otherwise a damaged best would be kept (its stored top-1 still beats
+  new evaluations), and after a start-over the old run's best would block
+  the new run's.
+  """
+  step = ckpt.best.latest_step()
+  if step is None:
+    return
+  problem = ('set aside: the run started over without an intact checkpoint'
+             if starting_over else ckpt.check_best())
+  if problem:
+    moved = ckpt.quarantine(step, problem, best=True)
+    logging.warning('Moved best checkpoint step %d to %s: %s', step, moved,
+                    problem)
+
+
 def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
                        create, run: dict):
   """The newest intact, compatible checkpoint's state, or a new state.
@@ -186,7 +205,9 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
   follows its decision, and one that cannot see what process 0 sees fails
   with a message saying so. Damaged checkpoints newer than the one
   restored are moved to `corrupt/`, so that later saves and rotation never
-  meet them. A config that changes the run raises
+  meet them, and so is a damaged best checkpoint. An intact checkpoint of
+  another state layout raises `checkpoint.IncompatibleCheckpointError`
+  (never moved). A config that changes the run raises
   `ResumeMismatchError` before any state is read.
   """
   steps = multihost.broadcast_ints(ckpt.steps())
@@ -225,10 +246,11 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
         'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
         'True')
   multihost.sync('se_flax_restore_read')
-  if rejected and jax.process_index() == 0:
+  if jax.process_index() == 0:
     for step, reason in rejected:
       moved = ckpt.quarantine(step, reason)
       logging.warning('Moved unusable checkpoint step %d to %s', step, moved)
+    _set_aside_unusable_best(ckpt, starting_over=state is None)
   multihost.sync('se_flax_restore_quarantined')
   ckpt.reload()
   if state is None:

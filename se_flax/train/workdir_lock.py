@@ -62,7 +62,10 @@ class WorkdirInUseError(RuntimeError):
              f"{holder.get('start_time')}")
     super().__init__(
         f'Workdir {os.path.dirname(path)} is in use by another trainer: '
-        f'{who}; lock {path}, last heartbeat {age:.0f} s ago. Stop that run '
+        f'{who}; lock {path}, ' + (
+            f'last heartbeat {age:.0f} s ago' if age >= 0 else
+            f'last heartbeat {-age:.0f} s in the future (the hosts\' '
+            'clocks disagree)') + '. Stop that run '
         f'first, or, if you are sure it is dead, delete {path}.')
 
 
@@ -88,8 +91,8 @@ def _process_start(pid: int) -> Optional[str]:
 def _pid_exists(pid: int) -> bool:
   try:
     os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
+  except (ProcessLookupError, OverflowError, ValueError):
+    return False  # No such process (or not a pid this OS can have).
   except PermissionError:
     return True  # Someone else's process, but it exists.
   return True
@@ -114,8 +117,12 @@ def _read(path: str):
   try:
     st = os.fstat(fd)
     chunks = []
-    while chunk := os.read(fd, 65536):
-      chunks.append(chunk)
+    try:
+      while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    except IsADirectoryError:
+      raise IsADirectoryError(
+          f'{path} is a directory, not a lock file: remove it') from None
     return b''.join(chunks), st
   finally:
     os.close(fd)

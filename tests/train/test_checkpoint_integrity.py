@@ -43,6 +43,8 @@ def _data_files(step_dir):
   return sorted(files, key=os.path.getsize)
 
 
+# TensorStore's callbacks for a failed read can reach a closed event loop.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_damaged_bytes_are_detected_or_harmless(trained, tmp_path):
   """Wherever bytes are overwritten, restoring either fails with a
   `CorruptCheckpointError` or gives back exactly the saved state."""

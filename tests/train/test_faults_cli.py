@@ -105,7 +105,7 @@ def test_second_trainer_is_refused_and_sigterm_exits_75(tmp_path):
   finally:
     first.kill()
   assert first.returncode == 75, err[-3000:]
-  assert 'preempted' in helpers.last_line(err)
+  assert 'SIGTERM: stopped at step' in helpers.last_line(err)
   saved = checkpoint.Checkpoints(workdir, async_save=False)
   assert saved.latest_step() is not None  # Saved on the way out.
   saved.close()
