@@ -194,3 +194,47 @@ def test_logged_step_time_is_wall_clock_time(tmp_path, monkeypatch):
   rate = [r['steps_per_sec'] for r in records if 'steps_per_sec' in r]
   assert rate and rate[-1] <= 1 / sleep
   assert 8 * sleep < wall
+
+
+def _signal_at(step_index, signum, stage='train'):
+  """create_inputs whose train stream sends `signum` to this process."""
+  real = inputs.create_inputs
+
+  def signalling_inputs(cfg):
+    made = real(cfg)
+    if stage == 'setup':
+      os.kill(os.getpid(), signum)
+      return made
+    train = made.train
+
+    def train_then_signal(start_step):
+      for i, batch in enumerate(train(start_step)):
+        if i == step_index:
+          os.kill(os.getpid(), signum)
+        yield batch
+    made.train = train_then_signal
+    return made
+  return signalling_inputs
+
+
+def test_ctrl_c_saves_and_a_signal_in_setup_stops_before_compiling(
+    tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(num_train_steps=50, checkpoint_every_steps=1000,
+                       async_checkpoints=True)
+  monkeypatch.setattr(loop, 'create_inputs', _signal_at(3, signal.SIGINT))
+  result = loop.train_and_evaluate(config, workdir)
+  assert result.preempted and result.stop_signal == 'SIGINT'
+  stopped = int(result.state.step)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+  monkeypatch.setattr(loop, 'create_inputs',
+                      _signal_at(0, signal.SIGTERM, stage='setup'))
+  result = loop.train_and_evaluate(config, workdir)
+  assert result.preempted and result.stop_signal == 'SIGTERM'
+  assert int(result.state.step) == stopped  # Not one step more.
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  compiles = [r for r in map(json.loads, open(
+      os.path.join(workdir, 'metrics.jsonl'))) if 'compile_seconds' in r]
+  assert len(compiles) == 1  # The first run's only.
