@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 
+import se_flax
 from se_flax.train import checkpoint, loop
 
 from tests.train import helpers
@@ -88,10 +89,11 @@ def test_kill_9_during_a_save_then_resume_is_bitwise_identical(tmp_path):
       os.path.join(killed, 'checkpoints')))
 
 
-def test_second_trainer_is_refused_and_sigterm_exits_75(tmp_path):
+def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
   workdir = str(tmp_path / 'run')
   first = helpers.start_train(workdir, 'num_train_steps=100000',
-                              'checkpoint_every_steps=100000')
+                              'checkpoint_every_steps=100000',
+                              'async_checkpoints=True')
   try:
     assert _wait_for(lambda: os.path.exists(
         os.path.join(workdir, 'metrics.jsonl'))), 'first run never trained'
@@ -101,6 +103,11 @@ def test_second_trainer_is_refused_and_sigterm_exits_75(tmp_path):
     assert 'WorkdirInUseError' in last and f'pid {first.pid}' in last
     assert os.path.join(workdir, 'lock.json') in last
     first.send_signal(signal.SIGTERM)
+    # Schedulers often signal again; the async save must still complete.
+    _wait_for(lambda: _saving(workdir) or first.poll() is not None,
+              timeout=60)
+    if first.poll() is None:
+      first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
   finally:
     first.kill()
@@ -109,6 +116,9 @@ def test_second_trainer_is_refused_and_sigterm_exits_75(tmp_path):
   saved = checkpoint.Checkpoints(workdir, async_save=False)
   assert saved.latest_step() is not None  # Saved on the way out.
   saved.close()
+  assert not any('tmp' in n for n in os.listdir(
+      os.path.join(workdir, 'checkpoints')))
+  se_flax.load_variables(workdir)  # Complete and verified.
   assert not os.path.exists(os.path.join(workdir, 'lock.json'))
 
 
