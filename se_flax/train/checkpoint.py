@@ -258,14 +258,20 @@ def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
   return directory, steps
 
 
-def _state_metadata(path: epath.Path):
-  """The array metadata tree of a checkpoint's `state/`, read locally."""
+def _local_checkpointer() -> ocp.Checkpointer:
+  """A PyTree checkpointer of this process alone: no cross-process
+  barrier, unlike a `CheckpointManager` restore."""
   local = ocp.options.MultiprocessingOptions(
       primary_host=jax.process_index(),
       active_processes={jax.process_index()})
-  with ocp.Checkpointer(
+  return ocp.Checkpointer(
       ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
-      multiprocessing_options=local) as checkpointer:
+      multiprocessing_options=local)
+
+
+def _state_metadata(path: epath.Path):
+  """The array metadata tree of a checkpoint's `state/`, read locally."""
+  with _local_checkpointer() as checkpointer:
     try:
       metadata = checkpointer.metadata(path)
     except Exception as e:
@@ -300,14 +306,9 @@ def shape_differences(step_dir: epath.Path, abstract_state) -> list[str]:
 
 def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
   """The state (or its `keys`) under `path` as numpy, read by this process
-  alone (no cross-process barrier, unlike a `CheckpointManager` restore)."""
+  alone."""
   tree = _state_metadata(path)
-  local = ocp.options.MultiprocessingOptions(
-      primary_host=jax.process_index(),
-      active_processes={jax.process_index()})
-  with ocp.Checkpointer(
-      ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
-      multiprocessing_options=local) as checkpointer:
+  with _local_checkpointer() as checkpointer:
     if keys is not None:
       missing = [k for k in keys if tree.get(k) is None]
       if missing:

@@ -18,6 +18,7 @@ from se_flax.data import pipeline
 from se_flax.data import records
 from tests.data.conftest import NUM_TRAIN
 from tests.data.conftest import data_config
+from tests.data.helpers import assert_same_batches, take
 
 
 def _copy(tiny_dirs, tmp_path):
@@ -69,17 +70,6 @@ def _train(cfg, **kw):
   return pipeline.create_train_iterator(cfg, **{'seed': 0, **kw})
 
 
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-    np.testing.assert_array_equal(x['label'], y['label'])
-
-
 def _damaged_train(tiny_dirs, tmp_path):
   """Train file 0 corrupt at record 20, file 1 truncated in record 25.
 
@@ -108,7 +98,7 @@ def test_damaged_train_file_error_names_file_and_offset(
   offset = damage(path, 15)
   it = _train(data_config(data_dir), global_batch_size=12)
   with pytest.raises(pipeline.CorruptRecordError) as e:
-    _take(it, NUM_TRAIN // 12)  # one epoch
+    take(it, NUM_TRAIN // 12)  # one epoch
   msg = str(e.value)
   assert e.value.path == path and path in msg
   assert e.value.offset == offset and f'at byte {offset}' in msg
@@ -124,8 +114,8 @@ def test_skipping_corrupt_records_is_counted_and_deterministic(
   cfg = data_config(data_dir, skip_corrupt_records=True)
   # Batch 12: 5 steps per epoch; two epochs.
   a, b = _train(cfg, global_batch_size=12), _train(cfg, global_batch_size=12)
-  batches = _take(a, 10)
-  _assert_same_batches(batches, _take(b, 10))
+  batches = take(a, 10)
+  assert_same_batches(batches, take(b, 10))
   assert a.num_corrupt_records == 2 * 15 and a.num_skipped == 0
   for path in paths:
     assert path in caplog.text
@@ -139,7 +129,7 @@ def test_skipping_corrupt_records_is_counted_and_deterministic(
   # The cached path (one file order, read once) skips the same records.
   cfg.cache = True
   cached = _train(cfg, global_batch_size=12)
-  _take(cached, 10)
+  take(cached, 10)
   assert cached.num_corrupt_records == 2 * 15
 
 
@@ -150,9 +140,9 @@ def test_skipping_corrupt_records_resume_equals_uninterrupted(
   data_dir, _ = _damaged_train(tiny_dirs, tmp_path)
   cfg = data_config(data_dir, skip_corrupt_records=True)
   # Batch 16 over 60 positions: steps 3 and 7 start mid-epoch.
-  full = _take(_train(cfg, global_batch_size=16), start_step + 4)
+  full = take(_train(cfg, global_batch_size=16), start_step + 4)
   resumed = _train(cfg, global_batch_size=16, start_step=start_step)
-  _assert_same_batches(full[start_step:], _take(resumed, 4))
+  assert_same_batches(full[start_step:], take(resumed, 4))
   assert resumed.num_corrupt_records > 0
 
 

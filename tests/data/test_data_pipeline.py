@@ -15,17 +15,7 @@ from se_flax.data import records
 from tests.data.conftest import NUM_TRAIN
 from tests.data.conftest import NUM_VAL
 from tests.data.conftest import data_config
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-    np.testing.assert_array_equal(x['label'], y['label'])
+from tests.data.helpers import assert_same_batches, take
 
 
 def _train(cfg, **kw):
@@ -51,17 +41,17 @@ def test_train_batch_format(tiny_dirs):
 
 def test_train_stream_is_a_function_of_seed_and_step(tiny_dirs):
   cfg = data_config(tiny_dirs[0])
-  a = _take(_train(cfg, global_batch_size=8), 3)
-  b = _take(_train(cfg, global_batch_size=8), 3)
-  c = _take(_train(cfg, global_batch_size=8, seed=1), 3)
-  _assert_same_batches(a, b)
+  a = take(_train(cfg, global_batch_size=8), 3)
+  b = take(_train(cfg, global_batch_size=8), 3)
+  c = take(_train(cfg, global_batch_size=8, seed=1), 3)
+  assert_same_batches(a, b)
   assert not np.array_equal(a[0]['image'], c[0]['image'])
 
 
 def test_epochs_are_permutations_reshuffled_each_epoch(tiny_dirs):
   cfg = data_config(tiny_dirs[0])
   # Batch 6 divides the 60 examples: 10 steps per epoch.
-  batches = _take(_train(cfg, global_batch_size=6), 20)
+  batches = take(_train(cfg, global_batch_size=6), 20)
   labels = [np.concatenate([b['label'] for b in batches[e * 10:][:10]])
             for e in range(2)]
   for epoch in labels:  # each epoch holds every example once: 12 per class
@@ -87,9 +77,9 @@ def test_resume_equals_uninterrupted(
   for index in range(process_count):
     kw = dict(global_batch_size=global_batch, process_index=index,
               process_count=process_count)
-    full = _take(_train(cfg, **kw), start_step + 4)
+    full = take(_train(cfg, **kw), start_step + 4)
     resumed = _train(cfg, start_step=start_step, **kw)
-    _assert_same_batches(full[start_step:], _take(resumed, 4))
+    assert_same_batches(full[start_step:], take(resumed, 4))
     assert resumed.step == start_step + 4
 
 
@@ -185,7 +175,7 @@ def test_masked_metric_equals_unpadded_metric(tiny_dirs):
 def test_images_are_learnable(tiny_dirs):
   """Nearest class-mean colour, fit on train crops, labels val crops."""
   cfg = data_config(tiny_dirs[0])
-  train = _take(_train(cfg, global_batch_size=20), 6)
+  train = take(_train(cfg, global_batch_size=20), 6)
   feats = lambda im: im.reshape(len(im), -1, 3).mean(1)
   x = np.concatenate([feats(b['image']) for b in train])
   y = np.concatenate([b['label'] for b in train])
@@ -201,7 +191,7 @@ def test_undecodable_images_are_skipped_and_counted(corrupt_dirs, caplog):
   cfg = data_config(corrupt_dirs[0], image_size=24)
   # Train: 12 examples, one undecodable; batch 12 = one epoch per step.
   it = _train(cfg, global_batch_size=12)
-  batches = _take(it, 2)
+  batches = take(it, 2)
   assert it.num_skipped == 2  # once per epoch
   for b in batches:
     assert b['image'].shape == (12, 24, 24, 3)

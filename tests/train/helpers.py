@@ -63,3 +63,12 @@ def start_train(workdir, *overrides):
 def last_line(text):
   lines = [line for line in text.strip().splitlines() if line.strip()]
   return lines[-1] if lines else ''
+
+
+def data_files(step_dir):
+  """A checkpoint's array data files (under state/.../d/), smallest first."""
+  files = []
+  for root, _, names in os.walk(os.path.join(step_dir, 'state')):
+    if os.path.basename(root) == 'd':
+      files += [os.path.join(root, n) for n in names]
+  return sorted(files, key=os.path.getsize)

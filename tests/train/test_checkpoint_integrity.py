@@ -41,14 +41,6 @@ def _abstract(state):
       state)
 
 
-def _data_files(step_dir):
-  files = []
-  for root, _, names in os.walk(os.path.join(step_dir, 'state')):
-    if os.path.basename(root) == 'd':
-      files += [os.path.join(root, n) for n in names]
-  return sorted(files, key=os.path.getsize)
-
-
 def test_damaged_bytes_are_detected_or_harmless(trained, tmp_path):
   """Wherever bytes are overwritten, restoring either fails with a
   `CorruptCheckpointError` or gives back exactly the saved state."""
@@ -58,7 +50,7 @@ def test_damaged_bytes_are_detected_or_harmless(trained, tmp_path):
   for index in range(-4, 0):  # The four largest data files.
     for fraction in (0.1, 0.5, 0.9):
       workdir = _copy(trained, tmp_path / f'{index}_{fraction}')
-      path = _data_files(os.path.join(workdir, 'checkpoints', '4'))[index]
+      path = helpers.data_files(os.path.join(workdir, 'checkpoints', '4'))[index]
       data = bytearray(open(path, 'rb').read())
       start = int(len(data) * fraction)
       data[start:start + 64] = bytes(64)
@@ -222,7 +214,7 @@ def test_a_new_checkpoint_without_its_manifest_is_refused(trained, tmp_path):
 
 
 def _damage_largest(step_dir):
-  path = _data_files(step_dir)[-1]
+  path = helpers.data_files(step_dir)[-1]
   open(path, 'wb').close()  # Zero bytes.
 
 

@@ -131,14 +131,6 @@ def _corrupt_middle(path, nbytes=256):
     f.write(data)
 
 
-def _largest_data_file(step_dir):
-  files = []
-  for root, _, names in os.walk(os.path.join(step_dir, 'state')):
-    if os.path.basename(root) == 'd':
-      files += [os.path.join(root, n) for n in names]
-  return max(files, key=os.path.getsize)
-
-
 def test_corrupt_checkpoints_are_skipped_moved_aside_or_refused(tmp_path):
   reference = str(tmp_path / 'reference')
   loop.train_and_evaluate(tiny_config(), reference)  # Saves steps 2 and 4.
@@ -146,8 +138,8 @@ def test_corrupt_checkpoints_are_skipped_moved_aside_or_refused(tmp_path):
   # Latest damaged: resume from 2, move 4 aside, retrain 3-4 exactly.
   workdir = str(tmp_path / 'latest_damaged')
   shutil.copytree(reference, workdir)
-  _corrupt_middle(_largest_data_file(os.path.join(workdir, 'checkpoints',
-                                                  '4')))
+  _corrupt_middle(helpers.data_files(
+      os.path.join(workdir, 'checkpoints', '4'))[-1])
   run = helpers.run_train(workdir)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'Checkpoint step 4 is not usable' in run.stderr
@@ -162,8 +154,8 @@ def test_corrupt_checkpoints_are_skipped_moved_aside_or_refused(tmp_path):
   workdir = str(tmp_path / 'all_damaged')
   shutil.copytree(reference, workdir)
   for step in ('2', '4'):
-    _corrupt_middle(_largest_data_file(os.path.join(workdir, 'checkpoints',
-                                                    step)))
+    _corrupt_middle(helpers.data_files(
+        os.path.join(workdir, 'checkpoints', step))[-1])
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   run = helpers.run_train(workdir)
   assert run.returncode == 1

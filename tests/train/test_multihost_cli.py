@@ -104,10 +104,7 @@ def test_two_train_py_processes_resume_past_damage_and_match_one(tmp_path):
 
   # Damage step 4; the restart extends the run: both processes resume
   # from step 2 (process 0 decides), and step 4 is moved aside once.
-  state_dir = os.path.join(shared, 'checkpoints', '4', 'state')
-  files = [os.path.join(r, n) for r, _, ns in os.walk(state_dir)
-           for n in ns if os.path.basename(r) == 'd']
-  path = max(files, key=os.path.getsize)
+  path = helpers.data_files(os.path.join(shared, 'checkpoints', '4'))[-1]
   data = bytearray(open(path, 'rb').read())
   data[len(data) // 2:len(data) // 2 + 256] = bytes(256)
   open(path, 'wb').write(data)
