@@ -68,10 +68,21 @@ def _manager(directory: epath.Path, keep: int, async_save: bool):
   return ocp.CheckpointManager(directory, options=options)
 
 
+def _local_checkpointer(handler=ocp.PyTreeCheckpointHandler):
+  """A checkpointer of this process alone. Orbax's default ones meet the
+  other processes at a barrier after every read, so a read that only one
+  process makes would leave the processes' barriers out of step."""
+  local = ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(),
+      active_processes={jax.process_index()})
+  return ocp.Checkpointer(handler(multiprocessing_options=local),
+                          multiprocessing_options=local)
+
+
 def read_meta(step_dir: epath.Path) -> dict:
   """The JSON metadata of one checkpoint directory."""
   try:
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    with _local_checkpointer(ocp.JsonCheckpointHandler) as checkpointer:
       meta = checkpointer.restore(step_dir / 'meta')
   except Exception as e:  # Missing, truncated or garbled JSON.
     raise CorruptCheckpointError(
@@ -258,15 +269,6 @@ def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
   return directory, steps
 
 
-def _local_checkpointer() -> ocp.Checkpointer:
-  """A PyTree checkpointer of this process alone: no cross-process
-  barrier, unlike a `CheckpointManager` restore."""
-  local = ocp.options.MultiprocessingOptions(
-      primary_host=jax.process_index(),
-      active_processes={jax.process_index()})
-  return ocp.Checkpointer(
-      ocp.PyTreeCheckpointHandler(multiprocessing_options=local),
-      multiprocessing_options=local)
 
 
 def _state_metadata(path: epath.Path):

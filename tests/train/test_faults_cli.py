@@ -21,9 +21,9 @@ from se_flax.train import checkpoint, loop
 from tests.train import helpers
 from tests.train.tiny_config import tiny_config
 
-_STEPS = 12  # Every step saved: many chances to be killed mid-save.
+_STEPS = 6  # Every step saved: several chances to be killed mid-save.
 _EVERY_STEP = dict(num_train_steps=_STEPS, checkpoint_every_steps=1,
-                   async_checkpoints=True, log_every_steps=4)
+                   async_checkpoints=True, log_every_steps=3)
 _EVERY_STEP_FLAGS = [f'{k}={v}' for k, v in _EVERY_STEP.items()]
 
 

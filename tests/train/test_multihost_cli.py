@@ -137,10 +137,10 @@ def test_processes_that_see_different_workdirs_fail_together(tmp_path):
     assert 'shared filesystem' in last
 
 
-def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
+def test_slurm_detection_one_process_per_gpu_and_sigterm(tmp_path):
   """srun's environment alone starts the run (JAX's SLURM detection, no
   distributed flags); by default each task gets the GPU of its
-  SLURM_LOCALID, with local_device_ids=all every local one."""
+  SLURM_LOCALID."""
   # SIGTERM to one task (as a preempted node gets): both agree at the next
   # check, save the same step and exit 75 (requeue).
   per_gpu = str(tmp_path / 'per_gpu')
@@ -158,8 +158,11 @@ def test_slurm_detection_one_process_per_gpu_and_per_node(tmp_path):
   saved = os.listdir(os.path.join(per_gpu, 'checkpoints'))
   assert len(saved) == 1 and int(saved[0]) % 3 == 0, saved
 
-  # One process per node, and a peer that dies: the survivor fails within
-  # the heartbeat timeout instead of hanging.
+
+@pytest.mark.slow
+def test_slurm_one_process_per_node_and_a_peer_that_dies(tmp_path):
+  """local_device_ids=all drives every local device; when a peer dies the
+  survivor fails within the heartbeat timeout instead of hanging."""
   per_node = str(tmp_path / 'per_node')
   procs = _start([per_node, per_node], 'distributed.local_device_ids=all',
                  'distributed.heartbeat_timeout_seconds=5',
