@@ -272,7 +272,7 @@ def _lock_workdir(workdir: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainResult:
-  """Trains and evaluates; resumes from the latest checkpoint in `workdir`.
+  """Trains and evaluates; resumes from the newest intact checkpoint.
 
   Args:
     config: a `base_config()`-shaped ConfigDict (see configs/).

@@ -91,9 +91,11 @@ def test_kill_9_during_a_save_then_resume_is_bitwise_identical(tmp_path):
 
 def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
   workdir = str(tmp_path / 'run')
+  cache = str(tmp_path / 'xla_cache')
   first = helpers.start_train(workdir, 'num_train_steps=100000',
                               'checkpoint_every_steps=100000',
-                              'async_checkpoints=True')
+                              'async_checkpoints=True',
+                              f'compilation_cache_dir={cache}')
   try:
     assert _wait_for(lambda: os.path.exists(
         os.path.join(workdir, 'metrics.jsonl'))), 'first run never trained'
@@ -120,6 +122,7 @@ def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
       os.path.join(workdir, 'checkpoints')))
   se_flax.load_variables(workdir)  # Complete and verified.
   assert not os.path.exists(os.path.join(workdir, 'lock.json'))
+  assert os.listdir(cache)  # The compiled steps, for the requeued run.
 
 
 def _corrupt_middle(path, nbytes=256):

@@ -288,3 +288,22 @@ def test_bad_timings_are_refused(tmp_path):
     WorkdirLock(str(tmp_path), heartbeat_seconds=0)
   with pytest.raises(ValueError):
     WorkdirLock(str(tmp_path), heartbeat_seconds=10, stale_after_seconds=5)
+
+
+def test_odd_lock_files_fail_clearly_or_count_as_stale(tmp_path):
+  """From the fault drill: an impossible pid is a dead holder; a lock that
+  is a directory names its path; a heartbeat from a host whose clock runs
+  ahead is reported as clock skew, not as a negative age."""
+  _write_record(str(tmp_path), pid=2**70, process_start=None)
+  with WorkdirLock(str(tmp_path)) as lock:
+    assert lock.held
+  os.mkdir(os.path.join(tmp_path, 'lock.json'))
+  with pytest.raises(IsADirectoryError, match='lock.json is a directory'):
+    WorkdirLock(str(tmp_path)).acquire()
+  os.rmdir(os.path.join(tmp_path, 'lock.json'))
+  path = _write_record(str(tmp_path), host='ahead.example', pid=1,
+                       process_start='x:1')
+  _age(path, -86400)
+  with pytest.raises(WorkdirInUseError,
+                     match=r'8640\d s in the future \(the hosts\' clocks'):
+    WorkdirLock(str(tmp_path)).acquire()
