@@ -305,5 +305,5 @@ def test_odd_lock_files_fail_clearly_or_count_as_stale(tmp_path):
                        process_start='x:1')
   _age(path, -86400)
   with pytest.raises(WorkdirInUseError,
-                     match=r'8640\d s in the future \(the hosts\' clocks'):
+                     match=r'\d+ s in the future \(the hosts\' clocks'):
     WorkdirLock(str(tmp_path)).acquire()
