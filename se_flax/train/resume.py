@@ -150,7 +150,7 @@ def _try_step(config, ckpt, step, abstract, run):
     meta = ckpt.meta(step)
     notes = check_compatible(stored_fingerprint(meta), run,
                              allowed_changes(config),
-                                    str(ckpt.step_dir(step)))
+                             str(ckpt.step_dir(step)))
     if jax.process_count() == 1:
       state, meta = ckpt.restore(abstract, step, meta)
       return state, meta, notes, None
