@@ -40,10 +40,11 @@ class _QuietOrbax(std_logging.Filter):
 
 def _expected_errors() -> tuple:
   """Failures with a message meant for the user: no traceback for these."""
-  from se_flax.train import checkpoint, nonfinite, resume, workdir_lock
+  from se_flax.train import checkpoint, nonfinite, workdir_lock
+  # ValueError covers config errors and resume.ResumeMismatchError;
+  # CheckpointError every checkpoint failure, NoIntactCheckpointError too.
   errors = [ValueError, OSError, checkpoint.CheckpointError,
-            resume.ResumeMismatchError, workdir_lock.WorkdirInUseError,
-            nonfinite.NonFiniteStepError]
+            workdir_lock.WorkdirInUseError, nonfinite.NonFiniteStepError]
   if 'se_flax.data.records' in sys.modules:
     errors.append(sys.modules['se_flax.data.records'].CorruptRecordError)
   return tuple(errors)

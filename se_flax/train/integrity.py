@@ -14,8 +14,6 @@ Leaves are named by their '/'-joined tree path ('params/conv1/kernel',
 """
 
 import hashlib
-from typing import Any
-
 import jax
 import numpy as np
 
@@ -91,7 +89,3 @@ def summarise(lines: list[str], limit: int = 3) -> str:
   more = len(lines) - limit
   return '; '.join(lines[:limit]) + (f' (and {more} more)' if more > 0
                                      else '')
-
-
-def state_is_finite(tree: Any) -> bool:
-  return not nonfinite(host_leaves(tree))

@@ -96,7 +96,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    paths.write_text_atomic(paths.workdir_path(workdir) / 'config.json',
+    paths.write_atomic(paths.workdir_path(workdir) / 'config.json',
                             config.to_json_best_effort(indent=2,
                                                        sort_keys=True))
 
@@ -172,8 +172,7 @@ def _meta(config, step: int, run: dict) -> dict:
   # The data position is a function of (seed, step, global batch).
   return {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
           'examples_seen': step * config.batch_size,
-          'model': config.model.name, 'num_classes': run['num_classes'],
-          'run': run, 'config': json.loads(config.to_json_best_effort())}
+          'model': config.model.name, 'run': run, 'config': json.loads(config.to_json_best_effort())}
 
 
 def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
@@ -234,16 +233,6 @@ def _data_counters(train_batches) -> dict:
   return out
 
 
-class _LockedOnProcess0(workdir_lock.WorkdirInUseError):
-  """What the other processes raise when process 0 found the lock held."""
-
-  def __init__(self, workdir: str):  # pylint: disable=super-init-not-called
-    self.path, self.holder = f'{workdir}/{workdir_lock.LOCK_NAME}', None
-    RuntimeError.__init__(
-        self, f'Process 0 could not lock {workdir}: another trainer uses it '
-        '(process 0 names the holder)')
-
-
 def _lock_workdir(workdir: str):
   """One lock per run, held by process 0; every process learns the outcome.
 
@@ -264,7 +253,10 @@ def _lock_workdir(workdir: str):
   if jax.process_count() > 1:
     ok = multihost.broadcast_ints([error is None])[0]
     if not ok and error is None:
-      error = _LockedOnProcess0(workdir)
+      error = workdir_lock.WorkdirInUseError(
+          f'{workdir}/{workdir_lock.LOCK_NAME}', None, 0.0,
+          message=f'Process 0 could not lock {workdir}: another trainer '
+          'uses it (process 0 names the holder)')
   if error is not None:
     raise error
   return lock

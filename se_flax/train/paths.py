@@ -21,12 +21,17 @@ def workdir_path(path) -> epath.Path:
   return epath.Path(os.path.abspath(os.fspath(path)))
 
 
-def write_text_atomic(path: epath.Path, text: str) -> None:
-  """Readers never see a half-written file (object stores: whole objects)."""
+def write_atomic(path: epath.Path, data) -> None:
+  """Writes `data` (str or bytes); readers never see a half-written file.
+
+  Local files go through a temporary sibling and a rename; on object
+  stores an object appears whole or not at all.
+  """
   path.parent.mkdir(parents=True, exist_ok=True)
+  write = 'write_bytes' if isinstance(data, bytes) else 'write_text'
   if is_url(path):
-    path.write_text(text)  # An object appears whole or not at all.
+    getattr(path, write)(data)
     return
   tmp = path.parent / (path.name + '.tmp')
-  tmp.write_text(text)
+  getattr(tmp, write)(data)
   tmp.replace(path)

@@ -51,9 +51,13 @@ _MAX_ATTEMPTS = 20
 class WorkdirInUseError(RuntimeError):
   """The workdir's lock is held by a live trainer."""
 
-  def __init__(self, path: str, holder: Optional[dict], age: float):
+  def __init__(self, path: str, holder: Optional[dict], age: float,
+               message: Optional[str] = None):
     self.path = path
     self.holder = holder
+    if message is not None:  # Said by a process that did not read the lock.
+      super().__init__(message)
+      return
     if holder is None:
       who = ('an unknown holder (the lock file is empty or unreadable, '
              'probably still being written)')

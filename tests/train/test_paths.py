@@ -37,5 +37,5 @@ def test_metrics_are_rewritten_whole_where_appending_is_impossible(
   again.close()
   with open(os.path.join(run, 'metrics.jsonl')) as f:
     assert [json.loads(line)['step'] for line in f] == [1, 2, 3]
-  paths.write_text_atomic(paths.workdir_path(run) / 'config.json', '{}')
+  paths.write_atomic(paths.workdir_path(run) / 'config.json', '{}')
   assert not os.path.exists(os.path.join(run, 'config.json.tmp'))
