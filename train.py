@@ -22,6 +22,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Checkpoints, summaries, config.json.')
+flags.DEFINE_bool('tune_runtime', True,
+                  "se_flax.runtime.configure(): on CPU, glibc keeps freed "
+                  "memory and XLA keeps its own convolutions "
+                  "(PERFORMANCE.md). --notune_runtime leaves both as they "
+                  "are.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 EXIT_FAILED = 1
@@ -53,7 +58,11 @@ def _expected_errors() -> tuple:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from se_flax import runtime
   from se_flax.train import cli
+  # First: the allocator and XLA_FLAGS must be set before any thread of
+  # JAX or TensorFlow allocates.
+  settings = runtime.configure() if FLAGS.tune_runtime else None
   logging.get_absl_handler().addFilter(_QuietOrbax())
   cli.install_quiet_shutdown()
   config = FLAGS.config
@@ -67,7 +76,8 @@ def main(argv):
   try:
     # Before anything asks JAX about devices: that starts the backend.
     multihost.initialize_distributed(config)
-    logging.info('JAX %s', multihost.layout())
+    logging.info('JAX %s; %s', multihost.layout(),
+                 settings.describe() if settings else 'runtime not tuned')
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except _expected_errors() as e:
     cli.fail('train.py', e, EXIT_FAILED)

@@ -1,12 +1,14 @@
 """se_flax: Squeeze-and-Excitation networks in JAX/Flax.
 
     import se_flax
+    se_flax.configure_runtime()  # optional; CPU speed, before any JAX work
     model = se_flax.create_model('seresnet50')
     variables = model.init(jax.random.key(0), images_nhwc, train=False)
 """
 
 from se_flax.layers import SqueezeExcite
 from se_flax.models import create_model, list_models, model_stats
+from se_flax.runtime import configure as configure_runtime
 
 __version__ = '0.1.0'
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from se_flax import benchmark
+from se_flax.benchmark import workers
 from se_flax.models import registry
 from se_flax.models.stats import model_stats
 
@@ -52,14 +53,16 @@ def test_paired_ratio_is_per_round():
 
 
 def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
-  # The CLI in a fresh process: SE model and plain twin, train and
-  # inference, interleaved; then no TensorFlow module may be loaded.
+  # The CLI in a fresh process: SE model and plain twin, the loop's and a
+  # user's train step, interleaved; then no TensorFlow module may be
+  # loaded. (Untuned worker and inference rows: the next test.)
   out = tmp_path / 'bench.json'
   code = textwrap.dedent(f"""
       import sys
       from se_flax import benchmark
       benchmark.main(['--model', 'seresnet_tiny', '--batch', '8',
                       '--image-size', '32', '--dtype', 'fp32',
+                      '--kinds', 'train', '--paths', 'loop,user',
                       '--se-overhead', '--reps', '2', '--steps', '1',
                       '--warmup', '1', '--peak-size', '64',
                       '--json', {str(out)!r}])
@@ -70,66 +73,73 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
   done = subprocess.run([sys.executable, '-c', code], capture_output=True,
                         text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert '| seresnet_tiny (SE off) | train |' in done.stdout
+  assert '| seresnet_tiny (SE off) | train loop step | train |' in (
+      done.stdout)
   results = json.loads(out.read_text())
   rows = {(v['label'], v['kind']): v for v in results['variants']}
-  assert set(rows) == {(m, k) for m in ('seresnet_tiny',
-                                        'seresnet_tiny (SE off)')
-                       for k in ('train', 'infer')}
+  labels = [f'{m}{p}' for m in ('seresnet_tiny', 'seresnet_tiny (SE off)')
+            for p in ('', ' [user jit]')]
+  assert set(rows) == {(m, 'train') for m in labels}
+  assert {v['path'] for v in results['variants']} == {'train loop step',
+                                                      'user jit step'}
+  # Configured as train.py configures itself.
+  assert results['env']['runtime'].startswith('runtime for cpu: malloc '
+                                              'freed memory kept')
+  assert 'xla_cpu_experimental_ynn_fusion_type' in results['env'][
+      'xla_flags']
   for v in rows.values():
     assert v['rounds'] == 2 and v['step_ms'] > 0 and v['compile_s'] > 0
     assert v['host_transfers'] == []
-    assert 0 < v['mfu'] < 1
-  se, plain = rows['seresnet_tiny', 'train'], rows['seresnet_tiny (SE off)',
-                                                   'train']
+    assert v['mfu'] > 0  # Its formula: the first test.
+  se = rows['seresnet_tiny', 'train']
+  plain = rows['seresnet_tiny (SE off)', 'train']
   assert se['flops_per_image'] > plain['flops_per_image']
   # Every SE scale of the tiny model lands in its residual-add fusion.
   assert se['se_fusion'] == {'se_blocks': 4, 'fused': 4}
   assert plain['se_fusion'] == {'se_blocks': 0, 'fused': 0}
-  ratios = {(r['kind'], r['denominator']) for r in results['ratios']}
-  assert ratios == {('train', 'seresnet_tiny (SE off)'),
-                    ('infer', 'seresnet_tiny (SE off)')}
-  assert results['env']['malloc'].startswith('freed memory kept')
+  # SE overhead per path, tuned and untuned.
+  ratios = {(r['kind'], r['numerator'], r['denominator'])
+            for r in results['ratios']}
+  assert ratios == {('train', m, m.replace('seresnet_tiny',
+                                           'seresnet_tiny (SE off)'))
+                    for m in labels if '(SE off)' not in m}
 
 
-@pytest.mark.parametrize('keep', [False, True])
-def test_keep_freed_memory_stops_refaulting_large_blocks(keep):
-  # Allocate, touch and free 256 MiB twice in a fresh process: glibc's
-  # default maps it anew (and faults every page in again); kept, the
-  # second round reuses the same memory.
-  # (glibc's malloc directly: numpy asks for huge pages, hiding faults.)
-  code = textwrap.dedent(f"""
-      import ctypes, resource
-      from se_flax import benchmark
-      assert benchmark.keep_freed_memory() if {keep} else True
-      libc = ctypes.CDLL(None)
-      libc.malloc.restype = ctypes.c_void_p
-      libc.free.argtypes = [ctypes.c_void_p]
-      def faults():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-      counts = []
-      for _ in range(2):
-        before = faults()
-        block = libc.malloc(256 << 20)
-        ctypes.memset(block, 1, 256 << 20)
-        counts.append(faults() - before)
-        libc.free(block)
-      print(counts[1])
-  """)
-  done = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  second = int(done.stdout.split()[-1])
-  pages = (256 << 20) // 4096
-  if keep:
-    assert second < pages // 100
-  else:
-    assert second > pages // 2
+def test_untuned_paths_run_in_a_worker_left_as_python_starts():
+  # In-process (tests' JAX started long ago, so nothing configured here):
+  # the worker's environment must not carry flags this process added.
+  results = benchmark.run(**TINY, kinds=('infer',), paths=('user',),
+                          untuned=True, se_overhead=True, reps=2, steps=1,
+                          warmup=1, peak_size=64)
+  rows = {(v['label'], v['path']): v for v in results['variants']}
+  assert set(rows) == {
+      (f'seresnet_tiny{se} [user jit]{u}', f'user jit step{u}')
+      for se in ('', ' (SE off)') for u in ('', ', untuned')}
+  for v in rows.values():
+    assert v['rounds'] == 2 and v['step_ms'] > 0 and v['compile_s'] > 0
+    assert v['host_transfers'] == []
+  untuned = rows['seresnet_tiny [user jit], untuned', 'user jit step, untuned']
+  assert untuned['se_fusion'] == {'se_blocks': 4, 'fused': 4}
+  worker_notes = [n for n in results['notes'] if 'untuned worker' in n]
+  assert len(worker_notes) == 1  # Both workers share one environment.
+  for note in worker_notes:
+    assert note.endswith('runtime not configured'), note
+    assert 'ynn_fusion_type' not in note
+  ratios = {(r['numerator'], r['denominator']) for r in results['ratios']}
+  assert ratios == {(f'seresnet_tiny [user jit]{u}',
+                     f'seresnet_tiny (SE off) [user jit]{u}')
+                    for u in ('', ', untuned')}
+
+
+def test_untuned_env_drops_only_the_added_flags(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--a=1 --b=2')
+  assert workers.untuned_env('--b=2')['XLA_FLAGS'] == '--a=1'
+  assert 'XLA_FLAGS' not in workers.untuned_env('--a=1 --b=2')
 
 
 def test_train_variant_steps_the_real_state():
-  v = benchmark.jax_variants('resnet_tiny', 8, 32, jnp.float32,
-                             kinds=('train',), keep_hlo=True)[0]
+  v = benchmark.loop_step_variants('resnet_tiny', 8, 32, jnp.float32,
+                                   kinds=('train',), keep_hlo=True)[0]
   v.run(2)
   v.run(1)
   # Three steps through one Compiled executable (which cannot recompile),
@@ -172,10 +182,12 @@ for line in sys.stdin:
 '''
 
 
-def test_side_by_side_mode_drives_a_worker(monkeypatch):
+def test_side_by_side_mode_drives_a_worker(monkeypatch, tmp_path):
   # CI has no torch: a stub speaking the worker protocol stands in for it.
-  monkeypatch.setattr(benchmark, '_TORCH_WORKER', _STUB_WORKER)
-  monkeypatch.setattr(benchmark, 'torch_available', lambda python=None: True)
+  stub = tmp_path / 'stub_worker.py'
+  stub.write_text(_STUB_WORKER)
+  monkeypatch.setattr(workers, 'TORCH_WORKER_SCRIPT', str(stub))
+  monkeypatch.setattr(workers, 'torch_available', lambda python=None: True)
   results = benchmark.run(**TINY, kinds=('infer',), timm=True,
                           timm_model='seresnet18', se_overhead=True,
                           reps=2, steps=2, warmup=1, peak_size=64)
@@ -202,7 +214,7 @@ def test_side_by_side_mode_drives_a_worker(monkeypatch):
 
 
 def test_side_by_side_skipped_without_torch(monkeypatch):
-  monkeypatch.setattr(benchmark, 'torch_available', lambda python=None: False)
+  monkeypatch.setattr(workers, 'torch_available', lambda python=None: False)
   results = benchmark.run(**TINY, kinds=('infer',), timm=True, reps=1,
                           steps=1, warmup=0, peak_size=64)
   assert [v['framework'] for v in results['variants']] == ['jax']
@@ -212,7 +224,7 @@ def test_side_by_side_skipped_without_torch(monkeypatch):
 _TORCH_PYTHON = os.environ.get('SE_FLAX_TORCH_PYTHON')
 
 
-@pytest.mark.skipif(not (_TORCH_PYTHON or benchmark.torch_available()),
+@pytest.mark.skipif(not (_TORCH_PYTHON or workers.torch_available()),
                     reason='needs torch + timm (set SE_FLAX_TORCH_PYTHON)')
 def test_side_by_side_with_real_timm():
   results = benchmark.run(**TINY, kinds=('train',), timm=True,

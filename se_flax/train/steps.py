@@ -14,23 +14,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from se_flax import runtime
 from se_flax.data.normalize import normalize_images
 from se_flax.train.state import TrainState
-
-
-# XLA's CPU backend hands convolutions to YNNPACK by default; its own
-# (Eigen) convolutions run ResNet-50's train step about 1.4x faster on x86
-# (PERFORMANCE.md). The list keeps the other default YNN fusions (dots,
-# reductions). Other backends ignore the option; they get none.
-_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
-                'LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 @functools.lru_cache(maxsize=None)
 def _cpu_options_supported() -> bool:
   try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(
+    jax.jit(lambda x: x + 1, compiler_options=runtime.CPU_XLA_OPTIONS).lower(
         jnp.zeros((), jnp.float32)).compile()
   except Exception:  # An XLA without this (experimental) option.
     return False
@@ -41,12 +33,13 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
   """XLA options for jitting `train_step` / `eval_step` on `backend`.
 
   `jax.jit(..., compiler_options=compiler_options())`. None (XLA's
-  defaults) except on CPU, where convolutions stay with XLA's own emitter.
-  Options change speed only, never results beyond float rounding.
+  defaults) except on CPU: `runtime.CPU_XLA_OPTIONS`, which keep
+  convolutions with XLA's own emitter. Passed per compilation, so the
+  train loop gets them even where `runtime.configure` was not called.
   """
   backend = backend or jax.default_backend()
   if backend == 'cpu' and _cpu_options_supported():
-    return dict(_CPU_OPTIONS)
+    return dict(runtime.CPU_XLA_OPTIONS)
   return None
 
 

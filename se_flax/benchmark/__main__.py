@@ -1,0 +1,3 @@
+from se_flax.benchmark.cli import main
+
+main()
