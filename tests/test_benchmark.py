@@ -6,6 +6,7 @@ that each mode runs end to end on tiny inputs and reports what it claims.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -233,3 +234,48 @@ def test_side_by_side_with_real_timm():
   row = [v for v in results['variants'] if v['framework'] == 'torch'][0]
   assert row['label'] == 'timm resnet18' and row['step_ms'] > 0
   assert np.isfinite(results['ratios'][0]['time_ratio'])
+
+
+def test_benchmark_compiles_the_step_training_runs(tmp_path, monkeypatch):
+  # The program train_and_evaluate steps (recorded with the arguments it is
+  # given) and the benchmark's loop variant for the same config: one HLO,
+  # and the same XLA options (which the HLO text does not show).
+  from se_flax.train import loop
+  from tests.train.tiny_config import tiny_config
+  real_jit_steps, seen, options = loop.jit_steps, {}, []
+
+  def recording_jit_steps(*args, **kwargs):
+    train_fn, eval_fn = real_jit_steps(*args, **kwargs)
+    options.append(args[5] if len(args) > 5 else kwargs.get(
+        'compiler_options', 'default'))
+
+    def train_and_record(state, batch):
+      seen.setdefault('args', jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                         sharding=x.sharding),
+          (state, batch)))
+      return train_fn(state, batch)
+    train_and_record.lower = train_fn.lower
+    seen['train_fn'] = train_fn
+    return train_and_record, eval_fn
+
+  monkeypatch.setattr(loop, 'jit_steps', recording_jit_steps)
+  loop.train_and_evaluate(tiny_config(num_train_steps=1),
+                          str(tmp_path / 'run'))
+  trained = seen['train_fn'].lower(*seen['args']).compile().as_text()
+  config = tiny_config(num_train_steps=1)
+  steps_per_epoch = (config.data.synthetic_train_examples
+                     // config.batch_size)
+  variant, = benchmark.loop_step_variants(
+      None, None, config.data.image_size, None, kinds=('train',),
+      keep_hlo=True, config=config,
+      num_classes=config.data.synthetic_num_classes,
+      steps_per_epoch=steps_per_epoch)
+  assert _without_metadata(variant.hlo) == _without_metadata(trained)
+  assert options == ['default', 'default']
+
+
+def _without_metadata(hlo_text: str) -> str:
+  # Source locations differ with the order of tracing; the program not.
+  program = hlo_text.split('\nFileNames')[0]
+  return re.sub(r', metadata=\{[^}]*\}', '', program)

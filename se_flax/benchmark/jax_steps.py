@@ -36,13 +36,14 @@ def flops_per_image(model, image_size: int) -> Dict[str, int]:
 
 
 def _synthetic_batches(batch: int, image_size: int, sharding, count: int = 2,
-                       seed: int = 0, with_mask: bool = False) -> list:
+                       seed: int = 0, with_mask: bool = False,
+                       num_classes: int = NUM_CLASSES) -> list:
   """`count` random uint8 NHWC batches made on the devices, sharded."""
   def make(key):
     ki, kl = jax.random.split(key)
     out = {'image': jax.random.bits(ki, (batch, image_size, image_size, 3),
                                     jnp.uint8),
-           'label': jax.random.randint(kl, (batch,), 0, NUM_CLASSES,
+           'label': jax.random.randint(kl, (batch,), 0, num_classes,
                                        jnp.int32)}
     if with_mask:
       out['mask'] = jnp.ones((batch,), bool)
@@ -72,26 +73,10 @@ def _label(model_name: str, se: bool, path: str, label: Optional[str]):
   return base if path == LOOP else f'{base} [user jit]'
 
 
-def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
-                       se: bool = True,
-                       kinds: Sequence[str] = ('train', 'infer'),
-                       label: Optional[str] = None, keep_hlo: bool = False,
-                       model_overrides: Optional[dict] = None
-                       ) -> List[Variant]:
-  """The training loop's train step and/or eval step of one model.
-
-  The model, the state and the jitted steps come from `train/loop.py`
-  (`build_model`, `create_state`, `jit_steps`), so this times what
-  training runs, on every device. `model_overrides`: `config.model`
-  fields, e.g. `{'layer_impl': 'xla'}`.
-  """
-  from se_flax.train import loop, optim, sharding
+def training_config(model_name: str, batch: int, dtype, se: bool = True,
+                    model_overrides: Optional[dict] = None):
+  """`base_config()` for `model_name` at this batch and compute dtype."""
   from se_flax.train.config import base_config
-
-  devices = jax.device_count()
-  if batch % devices:
-    raise ValueError(f'batch {batch} is not a multiple of the {devices} '
-                     'devices')
   config = base_config()
   config.batch_size = batch
   config.model.dtype = jnp.dtype(dtype).name
@@ -99,18 +84,50 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
   config.model.se = se
   config.lock()  # A misspelt override fails here.
   config.model.update(model_overrides or {})
-  model = loop.build_model(config, NUM_CLASSES)
-  label = _label(model_name, se, LOOP, label)
+  return config
+
+
+def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
+                       se: bool = True,
+                       kinds: Sequence[str] = ('train', 'infer'),
+                       label: Optional[str] = None, keep_hlo: bool = False,
+                       model_overrides: Optional[dict] = None,
+                       config=None, num_classes: int = NUM_CLASSES,
+                       steps_per_epoch: Optional[int] = None
+                       ) -> List[Variant]:
+  """The training loop's train step and/or eval step of one model.
+
+  The model, the state and the jitted steps come from `train/loop.py`
+  (`build_model`, `create_state`, `jit_steps`), so this times what
+  training runs, on every device. `config`: a training config to take
+  the model, batch, dtype and optimizer from (else `training_config` of
+  the arguments; `model_overrides`: `config.model` fields, e.g.
+  `{'layer_impl': 'xla'}`). `steps_per_epoch` shapes the schedule
+  (default: ImageNet's 1,281,167 images).
+  """
+  from se_flax.train import loop, optim, sharding
+
+  if config is None:
+    config = training_config(model_name, batch, dtype, se, model_overrides)
+  batch = config.batch_size
+  devices = jax.device_count()
+  if batch % devices:
+    raise ValueError(f'batch {batch} is not a multiple of the {devices} '
+                     'devices')
+  model = loop.build_model(config, num_classes)
+  label = _label(config.model.name, config.model.se, LOOP, label)
   flops = flops_per_image(model, image_size)
   mesh = sharding.create_mesh()
   batch_sharding = sharding.batch_sharding(mesh)
-  schedule = optim.create_schedule(config, max(1, 1_281_167 // batch))
+  schedule = optim.create_schedule(
+      config, steps_per_epoch or max(1, 1_281_167 // batch))
   tx = optim.create_optimizer(config, schedule)
   train_fn, eval_fn = loop.jit_steps(config, model, tx, schedule, mesh)
   state = loop.create_state(config, model, tx, image_size, mesh)
   variants = []
   if 'train' in kinds:
-    batches = _synthetic_batches(batch, image_size, batch_sharding)
+    batches = _synthetic_batches(batch, image_size, batch_sharding,
+                                 num_classes=num_classes)
     cell = {'state': state, 'i': 0}
 
     def run_train(n: int, cell=cell, batches=batches):
@@ -135,7 +152,8 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
   if 'infer' in kinds:
     batches = _synthetic_batches(batch, image_size, batch_sharding,
-                                 seed=100, with_mask=True)
+                                 seed=100, with_mask=True,
+                                 num_classes=num_classes)
     cell = {'i': 0}
 
     def run_infer(n: int, cell=cell, variables=variables, batches=batches):
