@@ -24,7 +24,8 @@ Pads = Tuple[Tuple[int, int], Tuple[int, int]]
 _SPATIAL = (0, 1, 2)  # the N, H, W axes of an NHWC array
 
 
-def _matmul(x, kernel2d):
+def plain_matmul(x, kernel2d):
+  """`x @ kernel2d` over the last axis with JAX's own derivatives."""
   return lax.dot_general(x, kernel2d, (((x.ndim - 1,), (0,)), ((), ())))
 
 
@@ -37,11 +38,11 @@ def _matmul(x, kernel2d):
 @jax.custom_vjp
 def matmul(x: jax.Array, kernel2d: jax.Array) -> jax.Array:
   """`x @ kernel2d` over the last axis: an unpadded 1x1 convolution (NHWC)."""
-  return _matmul(x, kernel2d)
+  return plain_matmul(x, kernel2d)
 
 
 def _matmul_fwd(x, kernel2d):
-  return _matmul(x, kernel2d), (x, kernel2d)
+  return plain_matmul(x, kernel2d), (x, kernel2d)
 
 
 def _matmul_bwd(res, g):
@@ -105,7 +106,8 @@ def _winner_index(x, y, window: int, stride: int, pads: Pads):
   return index
 
 
-def _max_pool(x, window, stride, pads):
+def plain_max_pool(x, window, stride, pads):
+  """`nn.max_pool` with explicit pads, JAX's own derivatives."""
   return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
 
 
@@ -113,13 +115,13 @@ def _max_pool(x, window, stride, pads):
 # gather at the winners, which JAX transposes into one scatter-add.
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
 def _max_pool_cpu(x, window, stride, pads):
-  return _max_pool(x, window, stride, pads)
+  return plain_max_pool(x, window, stride, pads)
 
 
 @_max_pool_cpu.defjvp
 def _max_pool_jvp(window, stride, pads, primals, tangents):
   (x,), (t,) = primals, tangents
-  y = _max_pool(x, window, stride, pads)
+  y = plain_max_pool(x, window, stride, pads)
   winner = _winner_index(x, y, window, stride, pads)
   t_y = jnp.take(t.reshape(-1), winner, mode='fill', fill_value=0)
   return y, t_y
@@ -131,7 +133,7 @@ def max_pool(x: jax.Array, window: int, stride: int,
   scatter-add gradient above."""
   pads = tuple(tuple(int(p) for p in pair) for pair in pads)
   if x.size >= np.iinfo(np.int32).max:  # Flat int32 indices would overflow.
-    return _max_pool(x, window, stride, pads)
+    return plain_max_pool(x, window, stride, pads)
   return _max_pool_cpu(x, window, stride, pads)
 
 

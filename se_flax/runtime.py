@@ -24,6 +24,7 @@ their first allocation and XLA reads `XLA_FLAGS` once.
 
 import ctypes
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import mmap
@@ -169,3 +170,30 @@ def configure(platform: Optional[str] = None) -> RuntimeSettings:
 def current() -> Optional[RuntimeSettings]:
   """What `configure` applied in this process, or None if never called."""
   return _applied
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_options_supported() -> bool:
+  import jax
+  import jax.numpy as jnp
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=CPU_XLA_OPTIONS).lower(
+        jnp.zeros((), jnp.float32)).compile()
+  except Exception:  # An XLA without this (experimental) option.
+    return False
+  return True
+
+
+def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
+  """XLA options for jitting the train and eval steps on `backend`.
+
+  `jax.jit(..., compiler_options=compiler_options())`. None (XLA's
+  defaults) except on CPU: `CPU_XLA_OPTIONS`, which keep
+  convolutions with XLA's own emitter. Passed per compilation, so the
+  train loop gets them even where `configure` was not called.
+  """
+  import jax
+  backend = backend or jax.default_backend()
+  if backend == 'cpu' and _cpu_options_supported():
+    return dict(CPU_XLA_OPTIONS)
+  return None

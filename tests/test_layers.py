@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from se_flax import layers
-from se_flax.train import steps
+from se_flax import runtime
 from se_flax.layers import SqueezeExcite
 
 
@@ -166,7 +166,7 @@ def _copies_in_compiled_gradient(impl):
   variables = conv.init(jax.random.key(0), x)
   def loss(v, x):  # An elementwise producer, as BN backward or a residual.
     return jnp.sum(conv.apply(v, jax.nn.relu(x * 2.0)) ** 2)
-  hlo = jax.jit(jax.grad(loss), compiler_options=steps.compiler_options()
+  hlo = jax.jit(jax.grad(loss), compiler_options=runtime.compiler_options()
                 ).lower(variables, x).compile().as_text()
   return [line for line in hlo.splitlines() if ' copy(' in line]
 

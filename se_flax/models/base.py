@@ -12,8 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from se_flax import layers
-
-ModuleDef = Any
+from se_flax.layers import ModuleDef
 
 
 class Network(nn.Module, kw_only=True):

@@ -45,16 +45,16 @@ no parameter count for either pair.
 """
 
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-ModuleDef = Any
 Kernel = Union[int, Tuple[int, int]]
 
 

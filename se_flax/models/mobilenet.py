@@ -30,15 +30,15 @@ gating multiply is counted (the FCs alone would print 569).
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 
 from se_flax import layers
+from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-ModuleDef = Any
 
 # Pointwise widths per stage; each stage but the first starts with stride 2
 # (timm's `blocks.0` .. `blocks.4`).

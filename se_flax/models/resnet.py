@@ -9,15 +9,15 @@ SE-ResNeXt and SENet-154 put the stride on the grouped 3x3 conv in both.
 `se=None` gives the plain baseline of the same network.
 """
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 
 from se_flax import layers
+from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-ModuleDef = Any
 
 SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
 

@@ -41,16 +41,15 @@ elements: 137.46 + 0.61 + 1.60 = 139.68, i.e. +2.2 M against the paper's
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from se_flax import layers
+from se_flax.layers import ModuleDef
 from se_flax.models import base
-
-ModuleDef = Any
 
 
 def channel_shuffle(x: jax.Array, groups: int) -> jax.Array:

@@ -22,15 +22,15 @@ parameter count for either.
 """
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 
 from se_flax import layers
+from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-ModuleDef = Any
 
 # Conv widths per stage (VGG "configuration D" = VGG-16).
 VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),

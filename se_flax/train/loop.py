@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from se_flax import runtime
 from se_flax.models import registry
 from se_flax.train import checkpoint, multihost, nonfinite, optim, paths
 from se_flax.train import preemption as preemption_lib
@@ -135,10 +136,10 @@ def jit_steps(config, model, tx, schedule, mesh,
   `train_fn(state, batch) -> (state, metrics)` donates the state;
   `eval_fn(variables, batch) -> metric sums`. Both take the batch
   sharded on 'data' and everything else replicated. `compiler_options`:
-  'default' is `steps.compiler_options()`, None XLA's defaults, or a dict.
+  'default' is `runtime.compiler_options()`, None XLA's defaults, or a dict.
   """
   if compiler_options == 'default':
-    compiler_options = steps.compiler_options()
+    compiler_options = runtime.compiler_options()
   replicated = sharding.replicated(mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   dtype = jnp.dtype(config.model.dtype)

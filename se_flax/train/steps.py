@@ -6,41 +6,15 @@ bool (N,) marking real (not padding) examples. Images are normalised on
 the device, so the host ships a quarter of the bytes of float32.
 """
 
-import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
-from se_flax import runtime
 from se_flax.data.normalize import normalize_images
 from se_flax.train.state import TrainState
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_options_supported() -> bool:
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=runtime.CPU_XLA_OPTIONS).lower(
-        jnp.zeros((), jnp.float32)).compile()
-  except Exception:  # An XLA without this (experimental) option.
-    return False
-  return True
-
-
-def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
-  """XLA options for jitting `train_step` / `eval_step` on `backend`.
-
-  `jax.jit(..., compiler_options=compiler_options())`. None (XLA's
-  defaults) except on CPU: `runtime.CPU_XLA_OPTIONS`, which keep
-  convolutions with XLA's own emitter. Passed per compilation, so the
-  train loop gets them even where `runtime.configure` was not called.
-  """
-  backend = backend or jax.default_backend()
-  if backend == 'cpu' and _cpu_options_supported():
-    return dict(runtime.CPU_XLA_OPTIONS)
-  return None
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,

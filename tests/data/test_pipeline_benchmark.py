@@ -1,6 +1,6 @@
 """The input benchmark runs end to end (figures themselves: see README)."""
 
-from se_flax.data import benchmark
+from se_flax.data import pipeline_benchmark as benchmark
 from tests.data.conftest import data_config
 
 

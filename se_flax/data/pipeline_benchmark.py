@@ -1,7 +1,7 @@
 """Input-only benchmark: train and eval preprocessing throughput.
 
-    python -m se_flax.data.benchmark                     # realistic JPEGs
-    python -m se_flax.data.benchmark --data_dir=/data/tfds   # real ImageNet
+    python -m se_flax.data.pipeline_benchmark              # realistic JPEGs
+    python -m se_flax.data.pipeline_benchmark --data_dir=/data/tfds  # ImageNet
 
 Reports images/s (and per core) of the training and eval pipelines, next to
 the bare cost of the work they cannot avoid, measured on the same images in

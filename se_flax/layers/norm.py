@@ -1,0 +1,92 @@
+"""BatchNorm with the reference networks' defaults (NHWC).
+
+PyTorch's BatchNorm momentum 0.1 is Flax's momentum 0.9: Flax's momentum
+is the weight of the old running value.
+"""
+
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from se_flax import cpu_grads
+from se_flax.layers import rules
+from se_flax.layers.common import Dtype, ModuleDef
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+class BatchNorm(nn.Module):
+  """Flax's `nn.BatchNorm` over N, H, W of NHWC input: the same variables
+  (`scale`, `bias`; `batch_stats` `mean`, `var`), the same forward, bit for
+  bit; in training on CPU (`impl='auto'`) with the closed-form gradient of
+  `cpu_grads.batch_norm_train`.
+
+  Under `jax.jit` over a sharded batch the statistics are those of the
+  global batch, so no `axis_name` is needed.
+
+  Attributes:
+    use_running_average: normalise with the running statistics (eval).
+    momentum: weight of the old running value (Flax convention).
+    epsilon: added to the variance.
+    dtype: output dtype (statistics and normalisation are float32).
+    param_dtype: dtype of `scale` and `bias`.
+    scale_init: `scale`'s initialiser (zeros for zero-init residuals).
+    impl: as `Conv2d.impl`.
+  """
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  scale_init: Callable = nn.initializers.ones
+  impl: str = 'auto'
+
+  def __post_init__(self):
+    rules.check_layer_impl(self.impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
+                            jnp.float32)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
+                           jnp.float32)
+    scale = self.param('scale', self.scale_init, (features,),
+                       self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,),
+                      self.param_dtype)
+    if self.use_running_average:
+      y = cpu_grads.normalize(x, ra_mean.value, ra_var.value, scale, bias,
+                              self.epsilon)
+    else:
+      cpu = rules.use_cpu_rules(self.impl)
+      # With the CPU rule the gradient comes from batch_norm_train, which
+      # computes the same statistics (XLA computes them once).
+      mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
+      if not self.is_initializing():
+        ra_mean.value = (self.momentum * ra_mean.value
+                         + (1 - self.momentum) * mean)
+        ra_var.value = (self.momentum * ra_var.value
+                        + (1 - self.momentum) * var)
+      if cpu:
+        y = cpu_grads.batch_norm_train(x, scale, bias, self.epsilon)
+      else:
+        y = cpu_grads.normalize(x, mean, var, scale, bias, self.epsilon)
+    return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+
+
+def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
+               epsilon: float = BN_EPSILON, dtype: Optional[Dtype] = None,
+               param_dtype: Dtype = jnp.float32,
+               impl: str = 'auto') -> ModuleDef:
+  """A `BatchNorm` factory with the reference networks' settings:
+  `norm(name, scale_init=ones)`."""
+  return lambda name, scale_init=nn.initializers.ones: BatchNorm(
+      use_running_average=not train, momentum=momentum, epsilon=epsilon,
+      dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
+      impl=impl, name=name)
