@@ -9,7 +9,7 @@ in a notebook it is the one call to make before using JAX. Importing
 se_flax changes nothing in the process: these settings are process-wide,
 so they happen only when asked for.
 
-What it sets, on the CPU backend only (PERFORMANCE.md, entries 3 and 6):
+What it sets, on the CPU backend only (PERFORMANCE.md, "XLA's own convolutions" and "Page faults"):
 - glibc keeps freed memory (one arena, no `mmap`, no trimming). XLA's CPU
   client allocates every call's temporaries anew, GiBs for a ResNet-50
   train step; with glibc's defaults each step maps them fresh and faults
@@ -34,7 +34,7 @@ from typing import Optional
 
 # XLA's CPU backend hands convolutions to YNNPACK by default; its own
 # (Eigen) convolutions run ResNet-50's train step about 1.4x faster on x86
-# (PERFORMANCE.md, entry 3). The list keeps the other default YNN fusions
+# (PERFORMANCE.md, "XLA's own convolutions"). The list keeps the other default YNN fusions
 # (dots, reductions). Speed only: results change by float rounding at most.
 CPU_XLA_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
@@ -157,7 +157,7 @@ def configure(platform: Optional[str] = None) -> RuntimeSettings:
         'se_flax.configure_runtime() must run before JAX starts (before the '
         'first array, jit or device query). Restart the process and call it '
         'first; or start Python with XLA_FLAGS and GLIBC_TUNABLES set as '
-        'PERFORMANCE.md, entry 6, shows.')
+        'PERFORMANCE.md, "Page faults", shows.')
   platform = platform or expected_platform()
   if platform != 'cpu':
     _applied = RuntimeSettings(platform, 'glibc default', '')

@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The suite is written for (and checks) the CPU backend; pinning it keeps
@@ -24,6 +26,17 @@ else:
   _SESSION_CACHE = None
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+
+@pytest.fixture
+def full_optimization():
+  """Compiles with all of XLA's passes, for tests that read optimised HLO
+  (the session otherwise disables most of them, for speed)."""
+  import jax
+  before = jax.config.jax_disable_most_optimizations
+  jax.config.update('jax_disable_most_optimizations', False)
+  yield
+  jax.config.update('jax_disable_most_optimizations', before)
 
 
 def pytest_unconfigure(config):

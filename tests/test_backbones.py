@@ -1,6 +1,6 @@
 """The paper's other backbones: counts, SE placement and the model contract.
 
-BN-Inception / SE-BN-Inception (senet_spec.md §4), Inception-ResNet-v2,
+BN-Inception / SE-BN-Inception (docs/architectures.md, SE-BN-Inception), Inception-ResNet-v2,
 VGG-16-BN, MobileNet v1 and ShuffleNet v1 (g = 3), each with its SE twin.
 Golden logits against timm are in test_golden.py.
 """
@@ -50,7 +50,7 @@ def _gflops_paper(s):
 
 
 def test_se_bn_inception_is_the_prototxt():
-  # senet_spec.md §2 and §4: exact.
+  # docs/architectures.md, Counts: exact.
   s = _stats('se_bn_inception')
   assert (s.params, s.se_params, s.macs, s.se_macs, s.batch_stats) == (
       11_931_622, 646_398, 2_033_239_424, 639_360, 20_032)

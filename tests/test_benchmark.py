@@ -62,17 +62,19 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
       import sys
       from se_flax import benchmark
       benchmark.main(['--model', 'seresnet_tiny', '--batch', '8',
-                      '--image-size', '32', '--dtype', 'fp32',
+                      '--image_size', '32', '--dtype', 'fp32',
                       '--kinds', 'train', '--paths', 'loop,user',
-                      '--se-overhead', '--reps', '2', '--steps', '1',
-                      '--warmup', '1', '--peak-size', '64',
+                      '--se_overhead', '--reps', '2', '--steps', '1',
+                      '--warmup', '1', '--peak_size', '64',
                       '--json', {str(out)!r}])
       tf = sorted(m for m in sys.modules if m.split('.')[0] in
                   ('tensorflow', 'tensorflow_datasets'))
       assert not tf, tf
   """)
+  # The fusion check reads the optimised program: all of XLA's passes.
+  env = dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS='0')
   done = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                        text=True, timeout=600)
+                        text=True, timeout=600, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
   assert '| seresnet_tiny (SE off) | train loop step | train |' in (
       done.stdout)
@@ -106,9 +108,12 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
                     for m in labels if '(SE off)' not in m}
 
 
-def test_untuned_paths_run_in_a_worker_left_as_python_starts():
+def test_untuned_paths_run_in_a_worker_left_as_python_starts(
+    full_optimization, monkeypatch):
   # In-process (tests' JAX started long ago, so nothing configured here):
   # the worker's environment must not carry flags this process added.
+  # All of XLA's passes, here and in the workers: fusion is checked below.
+  monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '0')
   results = benchmark.run(**TINY, kinds=('infer',), paths=('user',),
                           untuned=True, se_overhead=True, reps=2, steps=1,
                           warmup=1, peak_size=64)
@@ -151,7 +156,7 @@ def test_train_variant_steps_the_real_state():
   assert 'input_output_alias' in v.hlo  # Donated state buffers.
 
 
-def test_se_fusion_detects_a_materialised_scale():
+def test_se_fusion_detects_a_materialised_scale(full_optimization):
   def block(y, s, r, also_return_scaled):
     with jax.named_scope('blk'):
       with jax.named_scope('se'):

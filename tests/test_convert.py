@@ -79,7 +79,7 @@ def test_mismatch_lists_missing_unexpected_and_shapes():
   text = str(err.value)
   assert '1 missing keys: layer1.0.conv1.weight' in text
   assert '1 unexpected keys: layer9.0.conv1.weight' in text
-  # timm's seresnet18 rounds layer1's SE width up to 8 (senet_spec §5.5).
+  # timm's seresnet18 rounds layer1's SE width up to 8 (docs/architectures.md, The SE unit).
   assert 'layer1.1.se.fc1.weight: got (4, 64, 1, 1), expected (8, 64, 1, 1)' \
       in text
 

@@ -46,8 +46,8 @@ def _load(name):
 
 @pytest.mark.parametrize('name', _params(NAMES))
 def test_golden_logits(name):
-  if name not in se_flax.list_models():
-    pytest.skip(f'{name} is not registered yet')
+  assert name in se_flax.list_models(), (
+      f'fixture {name}.json names a model the registry does not have')
   meta, reference = _load(name)
   state = testing.random_state_dict(meta['keys'], meta['seed'])
   assert testing.state_dict_fingerprint(state) == meta['weights_fingerprint']

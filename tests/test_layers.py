@@ -9,6 +9,10 @@ from se_flax import layers
 from se_flax import runtime
 from se_flax.layers import SqueezeExcite
 
+# The CPU derivative rules exist on the CPU backend only.
+CPU_ONLY = pytest.mark.skipif(jax.default_backend() != 'cpu',
+                              reason='a CPU-backend rule')
+
 
 def _init_apply(module, x):
   variables = module.init(jax.random.key(0), x)
@@ -24,7 +28,7 @@ def _gate(state):
     (256, 'divisible', 16), (320, 'floor', 20), (320, 'divisible', 24),
     (1056, 'floor', 66), (1056, 'divisible', 64)])
 def test_hidden_width_rules(channels, rule, expected):
-  # senet_spec.md §1.0 and §4: C // 16 vs timm's make_divisible(C / 16, 8).
+  # docs/architectures.md, The SE unit and SE-BN-Inception: C // 16 vs timm's make_divisible(C / 16, 8).
   assert SqueezeExcite(hidden_rule=rule).hidden_width(channels) == expected
 
 
@@ -133,11 +137,11 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
     (32, 8, 1, jnp.float32),   # contracting
     (8, 32, 2, jnp.float32),
     (32, 8, 2, jnp.bfloat16)])
+@CPU_ONLY
 def test_cpu_1x1_gradient_rule_equals_xla_autodiff(in_features, features,
                                                    strides, dtype):
   # impl='auto' on the CPU backend uses a custom VJP (PERFORMANCE.md,
-  # entry 2); it must be the same function and gradient as plain XLA ops.
-  assert jax.default_backend() == 'cpu'
+  # "1x1 weight gradients"); it must be the same function and gradient as plain XLA ops.
   x = jax.random.normal(jax.random.key(3), (2, 9, 10, in_features))
   g = jax.random.normal(jax.random.key(4), (2, 5 if strides == 2 else 9,
                                             5 if strides == 2 else 10,
@@ -171,10 +175,12 @@ def _copies_in_compiled_gradient(impl):
   return [line for line in hlo.splitlines() if ' copy(' in line]
 
 
-def test_cpu_1x1_weight_gradient_reads_its_operands_in_place():
+@CPU_ONLY
+def test_cpu_1x1_weight_gradient_reads_its_operands_in_place(
+    full_optimization):
   # XLA's own transpose rule makes the CPU backend copy an operand into
   # (C, N*H*W) order (and recompute its producer there); the CPU rule's
-  # product must not (PERFORMANCE.md, entry 2).
+  # product must not (PERFORMANCE.md, "1x1 weight gradients").
   assert _copies_in_compiled_gradient('xla')
   assert not _copies_in_compiled_gradient('auto')
 

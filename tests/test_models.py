@@ -168,19 +168,44 @@ def _closed_gate(variables):
 def test_se_placement(position):
   x = jax.random.normal(jax.random.key(3), (2, 8, 8, 128))
   block = _block(position)
-  variables = block.init(jax.random.key(0), x)
+  variables = _with_bn_biases(block.init(jax.random.key(0), x))
   closed = block.apply(_closed_gate(variables), x)
   se_channels = variables['params']['se']['fc2']['bias'].shape[0]
   if position == 'standard':
     # The gate scales only the residual branch: the identity passes as is.
     np.testing.assert_allclose(closed, jax.nn.relu(x), atol=1e-6)
   elif position == 'identity':
-    # SE-Identity scales the shortcut: a closed gate leaves only the branch.
-    assert not np.allclose(closed, jax.nn.relu(x))
+    # SE-Identity scales the shortcut: a closed gate leaves only the branch,
+    # so with the branch cut from the input (conv1 zeroed) nothing of the
+    # input reaches the output; with the gate open it does.
+    cut = _zeroed(variables, 'conv1')
+    other = x[::-1]
+    np.testing.assert_allclose(block.apply(_closed_gate(cut), x),
+                               block.apply(_closed_gate(cut), other),
+                               atol=1e-6)
+    assert not np.allclose(block.apply(cut, x), block.apply(cut, other))
   elif position == 'post':
     np.testing.assert_allclose(closed, 0.0, atol=1e-6)
-  elif position == 'pre':
-    # SE-PRE zeroes the branch input; BN biases still pass through.
-    assert se_channels == 128
-  elif position == '3x3':
-    assert se_channels == 32
+  elif position in ('pre', '3x3'):
+    # 'pre' gates the branch input, '3x3' the 3x3 conv's output: closed,
+    # the block equals itself with the next conv's kernel zeroed (the
+    # branch then carries only BN biases), and is not relu(x).
+    assert se_channels == (128 if position == 'pre' else 32)
+    after = 'conv1' if position == 'pre' else 'conv3'
+    cut = _zeroed(variables, after)
+    np.testing.assert_allclose(closed, block.apply(cut, x), atol=1e-5)
+    assert not np.allclose(closed, jax.nn.relu(x), atol=1e-3)
+
+
+def _with_bn_biases(variables):
+  """Non-zero BN biases, so that a zeroed branch still adds something."""
+  params = jax.tree_util.tree_map(lambda x: x, variables['params'])
+  for i, name in enumerate(n for n in params if n.startswith('bn')):
+    params[name]['bias'] = jnp.full_like(params[name]['bias'], 0.1 * (i + 1))
+  return {**variables, 'params': params}
+
+
+def _zeroed(variables, conv):
+  params = jax.tree_util.tree_map(lambda x: x, variables['params'])
+  params[conv]['kernel'] = jnp.zeros_like(params[conv]['kernel'])
+  return {**variables, 'params': params}

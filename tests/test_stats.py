@@ -1,4 +1,4 @@
-"""Parameter and MAC counts against senet_spec.md §2 and the paper."""
+"""Parameter and MAC counts against docs/architectures.md (Counts) and the paper."""
 
 import flax.linen as nn
 import pytest
@@ -79,7 +79,7 @@ def test_plain_twin_is_the_se_model_without_se(baseline, se_model):
 
 
 def test_se_stage_ablation_weights():
-  # paper.md Table 13 (DERIVED): SE weights per stage at r=16, no biases.
+  # docs/paper_notes.md, Table 13 (derived): SE weights per stage at r=16, no biases.
   per_stage = {1: 24_576, 2: 131_072, 3: 786_432, 4: 1_572_864}
   for stage, weights in per_stage.items():
     s = model_stats('se_resnet50', se={'use_bias': False}, se_stages=(stage,))
@@ -89,7 +89,7 @@ def test_se_stage_ablation_weights():
 
 
 def test_se_3x3_ablation_weights():
-  # paper.md Table 15: SE after the 3x3 conv adds 157,184 weights.
+  # docs/paper_notes.md, Table 15: SE after the 3x3 conv adds 157,184 weights.
   s = model_stats('se_resnet50', se={'use_bias': False}, se_position='3x3')
   assert s.se_params == 157_184
   assert round((25_557_032 + s.se_params) / 1e6, 2) == 25.71
@@ -98,14 +98,14 @@ def test_se_3x3_ablation_weights():
 @pytest.mark.parametrize('r,paper_millions', [(2, 45.7), (4, 35.7), (8, 30.7),
                                               (16, 28.1), (32, 26.9)])
 def test_reduction_ratio_params(r, paper_millions):
-  # paper.md Table 10: the printed values run about 0.1M above Eq. 5.
+  # docs/paper_notes.md, Table 10: the printed values run about 0.1M above Eq. 5.
   s = model_stats('se_resnet50', se={'reduction': r, 'use_bias': False})
   assert s.se_params == 2 * 2_514_944 * 16 // (2 * r)
   assert abs(s.params / 1e6 - paper_millions) <= 0.15
 
 
 def test_no_squeeze_ablation_macs():
-  # paper.md Table 16: NoSqueeze runs the FCs at every position, 4.27 GFLOPs.
+  # docs/paper_notes.md, Table 16: NoSqueeze runs the FCs at every position, 4.27 GFLOPs.
   s = model_stats('se_resnet50', se={'squeeze': 'none', 'use_bias': False})
   assert s.params == model_stats('se_resnet50', se={'use_bias': False}).params
   assert round(s.macs / 1e9, 2) == 4.27

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# SE-ResNet-50 vs ResNet-50 throughput on one lent GPU (an H200), bf16:
-# train step and inference, SE overhead, MFU against the measured bf16
-# matmul peak, and timm/PyTorch side by side. Prints one table last and
-# writes it, with the raw JSON of every run, to $OUT.
+# SE-ResNet-50 vs ResNet-50 throughput on one GPU, bf16: train step and
+# inference, SE overhead, MFU against the measured bf16 matmul peak, and
+# timm/PyTorch side by side. Prints one table last and writes it, with the
+# raw JSON and log of every run, to $OUT.
 #
-# Runs from the repository root on the device machine, whose python3 has
-# jax[cuda], flax, optax, torch and timm but not ml-collections: carry its
-# wheel (README of the device tool), e.g. once here:
-#   pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0
-# then: run(command="bash tools/gpu_benchmark.sh", carry=[".whl"],
-#           timeout_s=600)
+# On any machine with a CUDA GPU, from a checkout:
+#   python3 -m venv .venv && . .venv/bin/activate
+#   pip install -r requirements.txt && pip install --no-deps -e .
+#   pip install 'jax[cuda12]==<the jax pin>'   # or cuda13, as the driver needs
+#   pip install torch timm          # optional: the side-by-side runs
+#   bash tools/gpu_benchmark.sh     # OUT=/some/dir to keep the results
+# (A python3 without ml-collections, e.g. a bare JAX image, can take its
+# wheel from .whl/: pip download --no-deps -d .whl ml-collections.)
 # Sized for <= 10 minutes on one H200 (each run has its own time limit;
 # compilations are cached across runs). No TensorFlow is needed or imported.
 #
@@ -39,7 +41,8 @@ if ! "$PY" -c 'import ml_collections' 2>/dev/null; then
         || exit 1
     export PYTHONPATH="/tmp/se_flax_site${PYTHONPATH:+:$PYTHONPATH}"
   else
-    echo "ml_collections missing and no .whl/ to install it from" >&2
+    echo "ml_collections missing: pip install -r requirements.txt, or put" \
+         "its wheel in .whl/" >&2
     exit 1
   fi
 fi
@@ -62,7 +65,7 @@ bench() {  # bench NAME ARGS...: one benchmark run, logged, time-limited.
   if [ $left -lt 60 ]; then echo "== $name skipped: ${left} s left"; return; fi
   echo "== $name ($(( $(date +%s) - start )) s elapsed, ${left} s left): $*"
   timeout "$left" "$PY" -m se_flax.benchmark --model "$MODEL" \
-      --dtype "$DTYPE" --image-size "$SIZE" --reps "$REPS" \
+      --dtype "$DTYPE" --image_size "$SIZE" --reps "$REPS" \
       --steps "$STEPS" --json "$OUT/$name.json" "$@" \
       > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -73,10 +76,10 @@ bench() {  # bench NAME ARGS...: one benchmark run, logged, time-limited.
 first=1
 for b in $BATCHES; do
   if [ $first -eq 1 ]; then
-    bench "b${b}" --batch "$b" --kinds train,infer --se-overhead
+    bench "b${b}" --batch "$b" --kinds train,infer --se_overhead
     first=0
   else
-    bench "b${b}" --batch "$b" --kinds train --se-overhead
+    bench "b${b}" --batch "$b" --kinds train --se_overhead
   fi
 done
 if [ "$TIMM" = 1 ]; then

@@ -1,10 +1,10 @@
 """Throughput benchmark: train step and inference, SE overhead, timm, MFU.
 
     python -m se_flax.benchmark --model seresnet50 --batch 32 --dtype bf16
-    python -m se_flax.benchmark --model seresnet50 --se-overhead
+    python -m se_flax.benchmark --model seresnet50 --se_overhead
     python -m se_flax.benchmark --model seresnet50 --batch 16 --dtype fp32 \\
-        --kinds train --paths loop,user --untuned --se-overhead \\
-        --timm --torch-python /path/to/venv-with-torch/bin/python
+        --kinds train --paths loop,user --untuned --se_overhead \\
+        --timm --torch_python /path/to/venv-with-torch/bin/python
 
 What is timed, on synthetic batches made on the devices (no input
 pipeline; TensorFlow is never imported), per path (`jax_steps.py`):
@@ -39,10 +39,10 @@ is model FLOP/s per device over a peak measured in the same run: a square
 matrix product in the compute dtype on one device, timed in the same
 rounds (`timing.matmul_peak_variant`).
 
-`--se-overhead` adds the plain twin (the registry entry with `se=None`:
+`--se_overhead` adds the plain twin (the registry entry with `se=None`:
 same stem, strides, init, dtype and step) and reports time(SE) /
 time(plain) per path. `--timm` adds timm's model of the same name
-(`--timm-model`) in PyTorch, run by a worker process (`--torch-python`,
+(`--timm_model`) in PyTorch, run by a worker process (`--torch_python`,
 default this interpreter), so the two frameworks never share threads or
 allocator: channels_last, same batch, uint8 input normalised on the
 device, SGD with the same momentum and weight decay, bf16/fp16 through

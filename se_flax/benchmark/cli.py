@@ -177,7 +177,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument('--model', default='seresnet50')
   p.add_argument('--batch', type=int, default=32,
                  help='global batch, over all devices')
-  p.add_argument('--image-size', type=int, default=224)
+  p.add_argument('--image_size', type=int, default=224)
   p.add_argument('--dtype', default='bf16', choices=sorted(DTYPES))
   p.add_argument('--kinds', default='train,infer',
                  help="comma list of 'train', 'infer'")
@@ -187,20 +187,20 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument('--untuned', action='store_true',
                  help='also time the same paths in a process without '
                       'se_flax.configure_runtime(), interleaved')
-  p.add_argument('--se-overhead', action='store_true',
+  p.add_argument('--se_overhead', action='store_true',
                  help='also time the plain twin (SE off), interleaved')
   p.add_argument('--timm', action='store_true',
                  help="also time timm's model in PyTorch (if installed)")
-  p.add_argument('--timm-model', default=None,
+  p.add_argument('--timm_model', default=None,
                  help='timm name, if not the same as --model')
-  p.add_argument('--torch-python', default=None,
+  p.add_argument('--torch_python', default=None,
                  help='interpreter with torch + timm for the worker')
-  p.add_argument('--torch-compile', action='store_true',
+  p.add_argument('--torch_compile', action='store_true',
                  help='torch.compile the timm model')
   p.add_argument('--reps', type=int, default=5, help='timed rounds')
   p.add_argument('--steps', type=int, default=5, help='steps per round')
   p.add_argument('--warmup', type=int, default=2)
-  p.add_argument('--peak-size', type=int, default=None,
+  p.add_argument('--peak_size', type=int, default=None,
                  help='matmul size for the peak (CPU 2048, else 8192)')
   p.add_argument('--json', default=None, help='also write results here')
   a = p.parse_args(argv)

@@ -97,14 +97,15 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
                        ) -> List[Variant]:
   """The training loop's train step and/or eval step of one model.
 
-  The model, the state and the jitted steps come from `train/loop.py`
-  (`build_model`, `create_state`, `jit_steps`), so this times what
-  training runs, on every device. `config`: a training config to take
+  The model, the state and the jitted steps come from the trainer
+  (`config.build_model`, `loop.create_state`, `loop.jit_steps`), so this
+  times what training runs, on every device. `config`: a config to take
   the model, batch, dtype and optimizer from (else `training_config` of
   the arguments; `model_overrides`: `config.model` fields, e.g.
   `{'layer_impl': 'xla'}`). `steps_per_epoch` shapes the schedule
   (default: ImageNet's 1,281,167 images).
   """
+  from se_flax.train import config as config_lib
   from se_flax.train import loop, optim, sharding
 
   if config is None:
@@ -114,7 +115,7 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
   if batch % devices:
     raise ValueError(f'batch {batch} is not a multiple of the {devices} '
                      'devices')
-  model = loop.build_model(config, num_classes)
+  model = config_lib.build_model(config, num_classes)
   label = _label(config.model.name, config.model.se, LOOP, label)
   flops = flops_per_image(model, image_size)
   mesh = sharding.create_mesh()

@@ -61,7 +61,7 @@ def format_table(results: dict) -> str:
     if any((s['page_faults_per_step'] or 0) > 1e5 for s in jax_rows):
       lines.append('many page faults per step: glibc gives XLA fresh '
                    'memory for every call unless se_flax.configure_runtime() '
-                   'ran first (PERFORMANCE.md, entry 6)')
+                   'ran first (PERFORMANCE.md, "Page faults")')
   for note in results.get('notes', []):
     lines.append(note)
   return '\n'.join(lines)

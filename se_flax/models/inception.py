@@ -1,6 +1,6 @@
 """BN-Inception / SE-BN-Inception and Inception-ResNet-v2 / SE-IRv2.
 
-BN-Inception follows `SE-BN-Inception.prototxt` (senet_spec.md §4) layer for
+BN-Inception follows `SE-BN-Inception.prototxt` (docs/architectures.md) layer for
 layer: ceil-mode max pools, 3x3 average pools that count the padding, and
 (SE-BN-Inception) an SE unit on the concatenated output of each of the ten
 Inception modules, with hidden width `C // 16`: 16, 20, 36, 36, 36, 38, 38,
@@ -24,7 +24,7 @@ Counts (`stats.py`: conv and FC MACs, batch 1) next to the paper's Table 2:
     BN-Inception            224 px  11,285,224 params  2,032,600,064 MACs
                                     paper: 2.03 GFLOPs
     SE-BN-Inception         224 px  11,931,622 params  2,033,239,424 MACs
-                                    (= the prototxt, senet_spec §2/§4)
+                                    (= the prototxt, architectures.md)
                                     paper: 2.04 GFLOPs
     Inception-ResNet-v2     299 px  55,843,464 params  13,155,794,016 MACs
                                     (= timm) paper: 11.75 GFLOPs
@@ -87,7 +87,7 @@ def _cat(*branches):
 # --------------------------------------------------------------------------
 
 # name, 1x1, 3x3 (reduce, out), double 3x3 (reduce, out), pool, pool_proj,
-# stride. A stride-2 module has no 1x1 and no projection (senet_spec §4).
+# stride. A stride-2 module has no 1x1 and no projection (docs/architectures.md).
 _BN_INCEPTION_MODULES = (
     ('inception_3a', 64, (64, 64), (64, 96), 'avg', 32, 1),
     ('inception_3b', 64, (64, 96), (64, 96), 'avg', 64, 1),

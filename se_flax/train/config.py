@@ -1,15 +1,20 @@
-"""Every field a training run can vary, with its default.
+"""Every field a training run can vary, its default, and its checks.
 
 Configs in `configs/` start from `base_config()` and change what their
 recipe needs; `train.py` locks the result, so a misspelt override fails.
+`validate_config` checks a config before anything compiles;
+`build_model` turns its `model` fields into the registry's Module.
 Durations are in epochs (converted to steps in code, from the dataset size
 and the global batch), so `--config.batch_size=...` keeps them right.
 """
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from se_flax.data.config import default_data_config
+from se_flax.models import registry
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -108,3 +113,63 @@ def base_config() -> ml_collections.ConfigDict:
   # resumed run reuses the compiled steps instead of compiling again.
   c.compilation_cache_dir = placeholder(str)
   return c
+
+
+_SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
+              'se_gate': 'gate', 'se_use_bias': 'use_bias'}
+_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
+                 'layer_impl')
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The registry model with the config's overrides (validated there)."""
+  m = config.model
+  overrides = {k: m[k] for k in _MODEL_FIELDS if m[k] is not None}
+  se_fields = {v: m[k] for k, v in _SE_FIELDS.items() if m[k] is not None}
+  if not m.se:
+    if se_fields:
+      raise ValueError(f'config.model.se is False but SE fields are set: '
+                       f'{sorted(se_fields)}')
+    overrides['se'] = None
+  elif se_fields:
+    overrides['se'] = se_fields
+  return registry.create_model(
+      m.name, num_classes=num_classes, bn_momentum=m.bn_momentum,
+      dtype=jnp.dtype(m.dtype), **overrides)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails fast, before any compilation, naming the offending field."""
+  def check(ok, field, message):
+    if not ok:
+      raise ValueError(f'config.{field}: {message}')
+  devices = jax.device_count()
+  eval_batch = config.eval_batch_size or config.batch_size
+  check(config.batch_size > 0 and config.batch_size % devices == 0,
+        'batch_size', f'{config.batch_size} must be a positive multiple of '
+        f'the {devices} devices')
+  check(eval_batch % devices == 0, 'eval_batch_size',
+        f'{eval_batch} must be a multiple of the {devices} devices')
+  check(config.model.name in registry.list_models(), 'model.name',
+        f'unknown model {config.model.name!r}; see se_flax.list_models()')
+  groups = config.model.bn_groups
+  check(groups <= 1 or config.batch_size % groups == 0, 'model.bn_groups',
+        f'{groups} groups do not divide batch_size {config.batch_size}')
+  check(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype',
+        f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
+        "no loss scaling needed) or 'float32'"
+        + ('; float16 would need loss scaling, which this trainer does not '
+           'do' if config.model.dtype == 'float16' else ''))
+  check(config.lr_schedule in ('step', 'cosine'), 'lr_schedule',
+        f"{config.lr_schedule!r} is not 'step' or 'cosine'")
+  check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
+        f"{config.nonfinite!r} is not 'skip' or 'stop'")
+  check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
+  check(config.preemption_check_every_steps > 0,
+        'preemption_check_every_steps', 'must be positive')
+  check(0.0 <= config.label_smoothing < 1.0, 'label_smoothing',
+        'must be in [0, 1)')
+  check(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs',
+        'set num_epochs or num_train_steps')
+  # Building the module checks the model fields, still without compiling.
+  build_model(config, num_classes=2)

@@ -18,18 +18,12 @@ import numpy as np
 from absl import logging
 
 from se_flax import runtime
-from se_flax.models import registry
 from se_flax.train import checkpoint, multihost, nonfinite, optim, paths
 from se_flax.train import preemption as preemption_lib
 from se_flax.train import resume, sharding, steps, workdir_lock, writers
+from se_flax.train.config import build_model, validate_config
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
-
-_SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
-              'se_gate': 'gate', 'se_use_bias': 'use_bias'}
-_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
-                 'layer_impl')
-
 
 @dataclasses.dataclass
 class TrainResult:
@@ -39,60 +33,6 @@ class TrainResult:
   eval_metrics: dict  # The last evaluation ({} if none ran).
   preempted: bool  # Stopped by SIGTERM or Ctrl-C, state saved.
   stop_signal: Optional[str] = None  # 'SIGTERM' | 'SIGINT' when preempted.
-
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The registry model with the config's overrides (validated there)."""
-  m = config.model
-  overrides = {k: m[k] for k in _MODEL_FIELDS if m[k] is not None}
-  se_fields = {v: m[k] for k, v in _SE_FIELDS.items() if m[k] is not None}
-  if not m.se:
-    if se_fields:
-      raise ValueError(f'config.model.se is False but SE fields are set: '
-                       f'{sorted(se_fields)}')
-    overrides['se'] = None
-  elif se_fields:
-    overrides['se'] = se_fields
-  return registry.create_model(
-      m.name, num_classes=num_classes, bn_momentum=m.bn_momentum,
-      dtype=jnp.dtype(m.dtype), **overrides)
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, before any compilation, naming the offending field."""
-  def check(ok, field, message):
-    if not ok:
-      raise ValueError(f'config.{field}: {message}')
-  devices = jax.device_count()
-  eval_batch = config.eval_batch_size or config.batch_size
-  check(config.batch_size > 0 and config.batch_size % devices == 0,
-        'batch_size', f'{config.batch_size} must be a positive multiple of '
-        f'the {devices} devices')
-  check(eval_batch % devices == 0, 'eval_batch_size',
-        f'{eval_batch} must be a multiple of the {devices} devices')
-  check(config.model.name in registry.list_models(), 'model.name',
-        f'unknown model {config.model.name!r}; see se_flax.list_models()')
-  groups = config.model.bn_groups
-  check(groups <= 1 or config.batch_size % groups == 0, 'model.bn_groups',
-        f'{groups} groups do not divide batch_size {config.batch_size}')
-  check(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype',
-        f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
-        "no loss scaling needed) or 'float32'"
-        + ('; float16 would need loss scaling, which this trainer does not '
-           'do' if config.model.dtype == 'float16' else ''))
-  check(config.lr_schedule in ('step', 'cosine'), 'lr_schedule',
-        f"{config.lr_schedule!r} is not 'step' or 'cosine'")
-  check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
-        f"{config.nonfinite!r} is not 'skip' or 'stop'")
-  check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
-  check(config.preemption_check_every_steps > 0,
-        'preemption_check_every_steps', 'must be positive')
-  check(0.0 <= config.label_smoothing < 1.0, 'label_smoothing',
-        'must be in [0, 1)')
-  check(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs',
-        'set num_epochs or num_train_steps')
-  # Building the module checks the model fields, still without compiling.
-  build_model(config, num_classes=2)
 
 
 def _write_config(config, workdir: str) -> None:

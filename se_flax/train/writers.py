@@ -75,16 +75,30 @@ class _LogWriter:
 
 
 class Writers:
-  """Fans each call out to several writers."""
+  """Fans each call out to several writers (none on processes other than 0).
+
+  Only the writer methods below exist, so a misspelt call fails on every
+  process, not just on the one that has writers.
+  """
 
   def __init__(self, writers):
     self._writers = list(writers)
 
-  def __getattr__(self, method):
-    def call(*args, **kwargs):
-      for writer in self._writers:
-        getattr(writer, method)(*args, **kwargs)
-    return call
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+  def write_hparams(self, hparams: Mapping[str, Any]):
+    for writer in self._writers:
+      writer.write_hparams(hparams)
+
+  def flush(self):
+    for writer in self._writers:
+      writer.flush()
+
+  def close(self):
+    for writer in self._writers:
+      writer.close()
 
 
 def create_writer(workdir: str, is_main_process: bool) -> Writers:

@@ -12,9 +12,9 @@ import tensorflow_datasets as tfds
 from se_flax import data
 from se_flax.data import pipeline
 from se_flax.data import records
-from tests.data.conftest import NUM_TRAIN
-from tests.data.conftest import NUM_VAL
-from tests.data.conftest import data_config
+from tests.data.helpers import NUM_TRAIN
+from tests.data.helpers import NUM_VAL
+from tests.data.helpers import data_config
 from tests.data.helpers import assert_same_batches, take
 
 

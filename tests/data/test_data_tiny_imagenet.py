@@ -9,9 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from se_flax.data import tiny_imagenet
-from tests.data.conftest import NUM_TRAIN
-from tests.data.conftest import NUM_VAL
-from tests.data.conftest import TINY
+from tests.data.helpers import NUM_TRAIN
+from tests.data.helpers import NUM_VAL
+from tests.data.helpers import TINY
 
 
 def test_archives_have_imagenets_layout(tiny_dirs):

@@ -1,7 +1,7 @@
 """The input benchmark runs end to end (figures themselves: see README)."""
 
 from se_flax.data import pipeline_benchmark as benchmark
-from tests.data.conftest import data_config
+from tests.data.helpers import data_config
 
 
 def test_benchmark_reports_all_figures(tiny_dirs):

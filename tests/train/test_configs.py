@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from se_flax.train import loop
+from se_flax.train import config as config_lib
 
 CONFIGS = pathlib.Path(__file__).parents[2] / 'configs'
 CASES = [('default', None), ('ablation', None), ('modern', None),
@@ -30,10 +30,10 @@ def test_config_validates_and_has_a_plain_twin(name, arg, monkeypatch):
   config.batch_size = 64  # Divisible by the 8 test devices.
   config.eval_batch_size = 64
   config.lock()
-  loop.validate_config(config)
-  with_se = loop.build_model(config, 1000)
+  config_lib.validate_config(config)
+  with_se = config_lib.build_model(config, 1000)
   config.model.se = False
   for key in ('se_reduction', 'se_squeeze', 'se_gate', 'se_use_bias'):
     config.model[key] = None
-  plain = loop.build_model(config, 1000)
+  plain = config_lib.build_model(config, 1000)
   assert with_se.se is not None and plain.se is None
