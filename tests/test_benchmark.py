@@ -54,16 +54,16 @@ def test_paired_ratio_is_per_round():
 
 
 def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
-  # The CLI in a fresh process: SE model and plain twin, the loop's and a
-  # user's train step, interleaved; then no TensorFlow module may be
-  # loaded. (Untuned worker and inference rows: the next test.)
+  # The CLI in a fresh process: a user's train step, SE model and plain
+  # twin, interleaved; then no TensorFlow module may be loaded. (The
+  # loop's step and per-path processes: the tests below.)
   out = tmp_path / 'bench.json'
   code = textwrap.dedent(f"""
       import sys
       from se_flax import benchmark
       benchmark.main(['--model', 'seresnet_tiny', '--batch', '8',
                       '--image_size', '32', '--dtype', 'fp32',
-                      '--kinds', 'train', '--paths', 'loop,user',
+                      '--kinds', 'train', '--paths', 'user',
                       '--se_overhead', '--reps', '2', '--steps', '1',
                       '--warmup', '1', '--peak_size', '64',
                       '--json', {str(out)!r}])
@@ -76,15 +76,13 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
   done = subprocess.run([sys.executable, '-c', code], capture_output=True,
                         text=True, timeout=600, env=env)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert '| seresnet_tiny (SE off) | train loop step | train |' in (
+  assert '| seresnet_tiny (SE off) [user jit] | user jit step | train |' in (
       done.stdout)
   results = json.loads(out.read_text())
   rows = {(v['label'], v['kind']): v for v in results['variants']}
-  labels = [f'{m}{p}' for m in ('seresnet_tiny', 'seresnet_tiny (SE off)')
-            for p in ('', ' [user jit]')]
+  labels = ['seresnet_tiny [user jit]', 'seresnet_tiny (SE off) [user jit]']
   assert set(rows) == {(m, 'train') for m in labels}
-  assert {v['path'] for v in results['variants']} == {'train loop step',
-                                                      'user jit step'}
+  assert {v['path'] for v in results['variants']} == {'user jit step'}
   # Configured as train.py configures itself.
   assert results['env']['runtime'].startswith('runtime for cpu: malloc '
                                               'freed memory kept')
@@ -94,25 +92,22 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
     assert v['rounds'] == 2 and v['step_ms'] > 0 and v['compile_s'] > 0
     assert v['host_transfers'] == []
     assert v['mfu'] > 0  # Its formula: the first test.
-  se = rows['seresnet_tiny', 'train']
-  plain = rows['seresnet_tiny (SE off)', 'train']
+  se = rows['seresnet_tiny [user jit]', 'train']
+  plain = rows['seresnet_tiny (SE off) [user jit]', 'train']
   assert se['flops_per_image'] > plain['flops_per_image']
   # Every SE scale of the tiny model lands in its residual-add fusion.
   assert se['se_fusion'] == {'se_blocks': 4, 'fused': 4}
   assert plain['se_fusion'] == {'se_blocks': 0, 'fused': 0}
-  # SE overhead per path, tuned and untuned.
+  # SE overhead of the one path.
   ratios = {(r['kind'], r['numerator'], r['denominator'])
             for r in results['ratios']}
-  assert ratios == {('train', m, m.replace('seresnet_tiny',
-                                           'seresnet_tiny (SE off)'))
-                    for m in labels if '(SE off)' not in m}
+  assert ratios == {('train', *labels)}
 
 
-def test_untuned_paths_run_in_a_worker_left_as_python_starts(
-    full_optimization, monkeypatch):
-  # In-process (tests' JAX started long ago, so nothing configured here):
-  # the worker's environment must not carry flags this process added.
-  # All of XLA's passes, here and in the workers: fusion is checked below.
+def test_each_path_runs_in_its_own_process_tuned_or_not(monkeypatch):
+  # The tuned worker configures itself as train.py does; the untuned one
+  # is left as Python starts (its environment must not carry flags this
+  # process added). All of XLA's passes in the workers: fusion is checked.
   monkeypatch.setenv('JAX_DISABLE_MOST_OPTIMIZATIONS', '0')
   results = benchmark.run(**TINY, kinds=('infer',), paths=('user',),
                           untuned=True, se_overhead=True, reps=2, steps=1,
@@ -124,13 +119,15 @@ def test_untuned_paths_run_in_a_worker_left_as_python_starts(
   for v in rows.values():
     assert v['rounds'] == 2 and v['step_ms'] > 0 and v['compile_s'] > 0
     assert v['host_transfers'] == []
-  untuned = rows['seresnet_tiny [user jit], untuned', 'user jit step, untuned']
-  assert untuned['se_fusion'] == {'se_blocks': 4, 'fused': 4}
-  worker_notes = [n for n in results['notes'] if 'untuned worker' in n]
-  assert len(worker_notes) == 1  # Both workers share one environment.
-  for note in worker_notes:
-    assert note.endswith('runtime not configured'), note
-    assert 'ynn_fusion_type' not in note
+    assert v['se_fusion'] == ({'se_blocks': 0, 'fused': 0} if 'SE off' in
+                              v['label'] else {'se_blocks': 4, 'fused': 4})
+  tuned, = [n for n in results['notes'] if n.startswith('user jit step:')]
+  untuned, = [n for n in results['notes']
+              if n.startswith('user jit step, untuned:')]
+  assert 'runtime for cpu: malloc freed memory kept' in tuned, tuned
+  assert 'ynn_fusion_type' in tuned.split('XLA_FLAGS')[-1], tuned
+  assert 'runtime not configured' in untuned, untuned
+  assert 'ynn_fusion_type' not in untuned, untuned
   ratios = {(r['numerator'], r['denominator']) for r in results['ratios']}
   assert ratios == {(f'seresnet_tiny [user jit]{u}',
                      f'seresnet_tiny (SE off) [user jit]{u}')

@@ -125,3 +125,24 @@ def test_settings_describe_themselves():
   s = runtime.RuntimeSettings('cpu', 'freed memory kept', '--a=1')
   assert s.describe() == ('runtime for cpu: malloc freed memory kept; '
                           'XLA_FLAGS --a=1')
+
+
+def test_train_and_evaluate_configures_what_nobody_configured(monkeypatch):
+  # The decision train_and_evaluate makes first (the settings themselves:
+  # the tests above). Before JAX starts: configure; after: say what is lost.
+  from absl import logging
+
+  from se_flax.train import loop
+  calls, warnings = [], []
+  monkeypatch.setattr(runtime, 'current', lambda: None)
+  monkeypatch.setattr(runtime, 'configure', lambda: calls.append(1) or (
+      runtime.RuntimeSettings('cpu', 'freed memory kept', '')))
+  monkeypatch.setattr(logging, 'warning',
+                      lambda msg, *a: warnings.append(msg % a))
+  monkeypatch.setattr(runtime, 'backends_started', lambda: False)
+  loop._configure_runtime()
+  assert calls == [1] and not warnings
+  monkeypatch.setattr(runtime, 'backends_started', lambda: True)
+  loop._configure_runtime()
+  assert calls == [1]
+  assert len(warnings) == 1 and 'configure_runtime()' in warnings[0]

@@ -41,11 +41,11 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
   """Builds, times and summarises every requested variant; returns a dict.
 
   `paths`: 'loop' (the train loop's step, what `train.py` runs) and/or
-  'user' (a plain `jax.jit` step a notebook writes). They run in this
-  process, with `runtime.configure()` applied if it could be (call this
-  before JAX starts, or call `runtime.configure()` yourself); `untuned`
-  adds the same variants in a worker process without it, timed in the
-  same rounds. Keys: 'env', 'args', 'peak' (the matmul, timed in the same
+  'user' (a plain `jax.jit` step a notebook writes). One path runs in this
+  process, configured as far as `runtime.configure()` could (call it
+  before JAX starts); several paths, or `untuned` (the same paths also in
+  processes nobody configured), run each in a worker process of its own,
+  all timed in the same rounds. Keys: 'env', 'args', 'peak' (the matmul, timed in the same
   rounds), 'variants' (summaries), 'ratios' (paired time ratios per kind:
   SE / plain and se_flax / timm per path, timm SE / plain),
   'peak_device_memory', 'notes'. With `keep_hlo`, '_variants' holds the
@@ -73,26 +73,34 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
       roles.setdefault(v.kind, {})[(v.path, role)] = v
       variants.append(v)
 
-  twins = [('se', True)] + ([('plain', False)] if se_overhead else [])
-  for role, se in twins:
-    for v in jax_steps.variants_for(full_paths, model, batch, image_size,
-                                    jdtype, se, kinds, keep_hlo=keep_hlo,
-                                    **({'model_overrides': model_overrides}
-                                       if model_overrides else {})):
-      add(role, [v])
+  twins = [True, False] if se_overhead else [True]
+  # One path, tuned: in this process. Several paths, or untuned ones: each
+  # (path, tuning) in a worker process of its own, as users run them (one
+  # process holding 8 programs slowed the first one by up to 20%).
+  isolate = untuned or len(full_paths) > 1
+  if not isolate:
+    for se in twins:
+      add('se' if se else 'plain', jax_steps.variants_for(
+          full_paths, model, batch, image_size, jdtype, se, kinds,
+          keep_hlo=keep_hlo, **({'model_overrides': model_overrides}
+                                if model_overrides else {})))
   workers_: List[workers.WorkerProcess] = []
   try:
-    if untuned:
+    if isolate:
       env = workers.untuned_env(settings.xla_flags if settings else '')
-      for role, se in twins:
-        worker = workers.jax_worker(
-            dict(paths=full_paths, model_name=model, batch=batch,
-                 image_size=image_size, dtype=jdtype.name, se=se,
-                 kinds=list(kinds)), env)
-        workers_.append(worker)
-        add(role, workers.jax_worker_variants(worker, UNTUNED))
-      notes.append(f"untuned worker: XLA_FLAGS {worker.info['xla_flags']}, "
-                   f"runtime {worker.info['runtime'] or 'not configured'}")
+      for tuned in (True, False) if untuned else (True,):
+        for path in full_paths:
+          suffix = '' if tuned else UNTUNED
+          worker = workers.jax_worker(
+              dict(paths=[path], model_name=model, batch=batch,
+                   image_size=image_size, dtype=jdtype.name, twins=twins,
+                   kinds=list(kinds), tuned=tuned), env, path + suffix)
+          workers_.append(worker)
+          for role, v in workers.jax_worker_variants(worker, suffix):
+            add(role, [v])
+          notes.append(f"{path}{suffix}: own process; "
+                       f"{worker.info['runtime'] or 'runtime not configured'}"
+                       f"; XLA_FLAGS {worker.info['xla_flags']}")
     if timm:
       if not workers.torch_available(torch_python):
         notes.append('torch/timm not importable: side-by-side skipped')

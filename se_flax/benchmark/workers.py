@@ -116,8 +116,9 @@ _JAX_FIELDS = ('label', 'kind', 'path', 'batch', 'devices',
 
 
 def untuned_env(added_xla_flags: str) -> dict:
-  """This process's environment without what `runtime.configure` added."""
-  env = dict(os.environ)
+  """This process's environment without what `runtime.configure` added;
+  GPU memory is not preallocated, so several workers can share a GPU."""
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
   flags = env.get('XLA_FLAGS', '').split()
   kept = [f for f in flags if f not in added_xla_flags.split()]
   if kept:
@@ -127,21 +128,26 @@ def untuned_env(added_xla_flags: str) -> dict:
   return env
 
 
-def jax_worker(spec: dict, env: dict) -> WorkerProcess:
-  """se_flax variants (`jax_steps.variants_for(**spec)`) in a worker
-  process whose runtime is left as it starts (no `runtime.configure`)."""
+def jax_worker(spec: dict, env: dict, name: str) -> WorkerProcess:
+  """se_flax variants in a worker process: for each `spec['twins']` flag
+  (SE on/off), `jax_steps.variants_for` of the rest of `spec`. With
+  `spec['tuned']` the worker calls `runtime.configure()` first, as
+  `train.py` does; without, its runtime stays as Python starts it."""
   return WorkerProcess([sys.executable, '-m', 'se_flax.benchmark.jax_worker',
-                        json.dumps(spec)], 'se_flax untuned', env=env)
+                        json.dumps(spec)], name, env=env)
 
 
-def jax_worker_variants(worker: WorkerProcess, suffix: str) -> List[Variant]:
+def jax_worker_variants(worker: WorkerProcess, suffix: str = ''
+                        ) -> List[tuple]:
+  """`(role, Variant)` pairs, role 'se' or 'plain', driving the worker."""
   out = []
   for index, fields in enumerate(worker.info['variants']):
     def run(n, index=index):
       return _usage_of(worker.request(index=index, steps=n))
-    fields = dict(fields, label=fields['label'] + suffix,
-                  path=fields['path'] + suffix)
-    out.append(Variant(framework='jax', run=run, **fields))
+    fields = dict(fields)
+    role = fields.pop('role')
+    fields.update(label=fields['label'] + suffix, path=fields['path'] + suffix)
+    out.append((role, Variant(framework='jax', run=run, **fields)))
   return out
 
 
@@ -149,13 +155,19 @@ def serve_jax(spec: dict) -> None:
   """The worker's side (`python -m se_flax.benchmark.jax_worker SPEC`)."""
   import time
 
+  from se_flax import runtime
+  if spec.pop('tuned'):
+    runtime.configure()  # First: before JAX starts.
   from se_flax.benchmark import jax_steps
   from se_flax.benchmark.timing import usage, usage_since
-  spec = dict(spec)
+  twins = spec.pop('twins')
   spec['dtype'] = jnp.dtype(spec['dtype'])
-  variants = jax_steps.variants_for(**spec)
-  info = [{k: getattr(v, k) for k in _JAX_FIELDS} for v in variants]
-  from se_flax import runtime
+  variants, info = [], []
+  for se in twins:
+    for v in jax_steps.variants_for(se=se, **spec):
+      variants.append(v)
+      info.append(dict({k: getattr(v, k) for k in _JAX_FIELDS},
+                       role='se' if se else 'plain'))
   settings = runtime.current()
   print(json.dumps({'ready': {
       'variants': info, 'xla_flags': os.environ.get('XLA_FLAGS'),

@@ -220,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     resume.NoIntactCheckpointError: checkpoints exist, none is usable.
     nonfinite.NonFiniteStepError: a non-finite step under 'stop'.
   """
+  _configure_runtime()
   multihost.initialize_distributed(config)
   validate_config(config)
   if config.compilation_cache_dir:
@@ -235,6 +236,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   finally:
     if lock is not None:
       lock.release()
+
+
+def _configure_runtime() -> None:
+  """What train.py does first, done here when nothing did it yet."""
+  if runtime.current() is not None:
+    return
+  if not runtime.backends_started():
+    logging.info('%s', runtime.configure().describe())
+  elif jax.default_backend() == 'cpu':
+    logging.warning('se_flax.configure_runtime() was not called before JAX '
+                    'started: CPU steps run with glibc\'s default malloc, '
+                    'about 1.2x slower (README, "In a notebook")')
 
 
 def _train(config, workdir: str, preemption) -> TrainResult:
