@@ -3,22 +3,24 @@
     python -m se_flax.benchmark --model seresnet50 --batch 32 --dtype bf16
     python -m se_flax.benchmark --model seresnet50 --se_overhead
     python -m se_flax.benchmark --model seresnet50 --batch 16 --dtype fp32 \\
-        --kinds train --paths loop,user --untuned --se_overhead \\
+        --kinds train --paths loop,user --runtimes tuned,untuned --se_overhead \\
         --timm --torch_python /path/to/venv-with-torch/bin/python
 
 What is timed, on synthetic batches made on the devices (no input
 pipeline; TensorFlow is never imported), per path (`jax_steps.py`):
 - 'loop': the training loop's step, `steps.train_step` with
   `base_config()`'s SGD at this batch size, and `steps.eval_step`, jitted
-  by `loop.jit_steps` as training does (state replicated and donated,
+  by `loop.jit_steps` as training does (state replicated, donated off CPU,
   batch sharded on 'data', `runtime.compiler_options()`), on every device:
   what `train.py` runs.
 - 'user': `create_model` + a plain `jax.jit` of `model.apply` and an
   optax SGD update on one device, as a notebook writes it.
 The benchmark's process is configured as `train.py` configures itself
 (`se_flax.runtime.configure()`: on CPU, glibc keeps freed memory and XLA
-keeps its own convolutions); `--untuned` times the same paths in a worker
-process left as Python starts, in the same rounds.
+keeps its own convolutions); `--runtimes untuned` times the same paths
+in worker processes left as Python starts, in the same rounds. Several
+paths, or untuned ones, run each in a process of its own, as users run
+them.
 
 Method: each variant is compiled ahead of time (compile time = `lower` +
 `compile`; a `Compiled` object cannot recompile, so a step whose state

@@ -31,7 +31,8 @@ def _timm_plain_name(name: str) -> Optional[str]:
 
 def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
         dtype: str = 'bf16', kinds: Sequence[str] = ('train', 'infer'),
-        paths: Sequence[str] = ('loop',), untuned: bool = False,
+        paths: Sequence[str] = ('loop',),
+        runtimes: Sequence[str] = ('tuned',),
         se_overhead: bool = False, timm: bool = False,
         timm_model: Optional[str] = None, torch_python: Optional[str] = None,
         reps: int = 5, steps: int = 5, warmup: int = 2,
@@ -43,9 +44,11 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
   `paths`: 'loop' (the train loop's step, what `train.py` runs) and/or
   'user' (a plain `jax.jit` step a notebook writes). One path runs in this
   process, configured as far as `runtime.configure()` could (call it
-  before JAX starts); several paths, or `untuned` (the same paths also in
-  processes nobody configured), run each in a worker process of its own,
-  all timed in the same rounds. Keys: 'env', 'args', 'peak' (the matmul, timed in the same
+  before JAX starts). `runtimes`: 'tuned' (configured as `train.py`
+  configures itself) and/or 'untuned' (a process nobody configured, as a
+  notebook that skipped `configure_runtime()`). Several paths, or untuned
+  ones, run each in a worker process of its own; all are timed in the
+  same rounds. Keys: 'env', 'args', 'peak' (the matmul, timed in the same
   rounds), 'variants' (summaries), 'ratios' (paired time ratios per kind:
   SE / plain and se_flax / timm per path, timm SE / plain),
   'peak_device_memory', 'notes'. With `keep_hlo`, '_variants' holds the
@@ -58,7 +61,7 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
 
   settings = runtime.current()
   args = dict(model=model, batch=batch, image_size=image_size, dtype=dtype,
-              kinds=list(kinds), paths=list(paths), untuned=untuned,
+              kinds=list(kinds), paths=list(paths), runtimes=list(runtimes),
               se_overhead=se_overhead, timm=timm, timm_model=timm_model,
               reps=reps, steps=steps, warmup=warmup)
   jdtype = jnp.dtype(DTYPES[dtype])
@@ -77,7 +80,11 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
   # One path, tuned: in this process. Several paths, or untuned ones: each
   # (path, tuning) in a worker process of its own, as users run them (one
   # process holding 8 programs slowed the first one by up to 20%).
-  isolate = untuned or len(full_paths) > 1
+  unknown = set(runtimes) - {'tuned', 'untuned'}
+  if unknown or not runtimes:
+    raise ValueError(f"runtimes: {sorted(unknown)}; expected 'tuned' and/or "
+                     "'untuned'")
+  isolate = list(runtimes) != ['tuned'] or len(full_paths) > 1
   if not isolate:
     for se in twins:
       add('se' if se else 'plain', jax_steps.variants_for(
@@ -88,7 +95,7 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
   try:
     if isolate:
       env = workers.untuned_env(settings.xla_flags if settings else '')
-      for tuned in (True, False) if untuned else (True,):
+      for tuned in [r == 'tuned' for r in runtimes]:
         for path in full_paths:
           suffix = '' if tuned else UNTUNED
           worker = workers.jax_worker(
@@ -100,7 +107,8 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
             add(role, [v])
           notes.append(f"{path}{suffix}: own process; "
                        f"{worker.info['runtime'] or 'runtime not configured'}"
-                       f"; XLA_FLAGS {worker.info['xla_flags']}")
+                       f"; its environment's XLA_FLAGS: "
+                       f"{worker.info['xla_flags']}")
     if timm:
       if not workers.torch_available(torch_python):
         notes.append('torch/timm not importable: side-by-side skipped')
@@ -192,9 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   p.add_argument('--paths', default='loop',
                  help="comma list of 'loop' (train.py's step) and 'user' "
                       '(a plain jax.jit step, as a notebook writes it)')
-  p.add_argument('--untuned', action='store_true',
-                 help='also time the same paths in a process without '
-                      'se_flax.configure_runtime(), interleaved')
+  p.add_argument('--runtimes', default='tuned',
+                 help="comma list: 'tuned' (as train.py configures itself) "
+                      "and/or 'untuned' (no se_flax.configure_runtime())")
   p.add_argument('--se_overhead', action='store_true',
                  help='also time the plain twin (SE off), interleaved')
   p.add_argument('--timm', action='store_true',
@@ -220,7 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     runtime.configure()
   results = run(a.model, a.batch, a.image_size, a.dtype,
                 tuple(k for k in a.kinds.split(',') if k),
-                paths=tuple(a.paths.split(',')), untuned=a.untuned,
+                paths=tuple(a.paths.split(',')),
+                runtimes=tuple(a.runtimes.split(',')),
                 se_overhead=a.se_overhead, timm=a.timm,
                 timm_model=a.timm_model, torch_python=a.torch_python,
                 reps=a.reps, steps=a.steps, warmup=a.warmup,
