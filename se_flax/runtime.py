@@ -198,14 +198,3 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
     return dict(CPU_XLA_OPTIONS)
   return None
 
-
-def donate_state(backend: Optional[str] = None) -> bool:
-  """Whether the train step should donate its state on `backend`.
-
-  On accelerators donation halves the state's device memory. On XLA's CPU
-  backend it costs time instead: updating the donated buffers in place
-  made SE-ResNet-50's train step 1.13x slower (3.83 vs 3.39 s at batch 16,
-  PERFORMANCE.md, "One runtime"), and host memory is not the limit there.
-  """
-  import jax
-  return (backend or jax.default_backend()) != 'cpu'

@@ -10,7 +10,7 @@ What is timed, on synthetic batches made on the devices (no input
 pipeline; TensorFlow is never imported), per path (`jax_steps.py`):
 - 'loop': the training loop's step, `steps.train_step` with
   `base_config()`'s SGD at this batch size, and `steps.eval_step`, jitted
-  by `loop.jit_steps` as training does (state replicated, donated off CPU,
+  by `loop.jit_steps` as training does (state replicated and donated,
   batch sharded on 'data', `runtime.compiler_options()`), on every device:
   what `train.py` runs.
 - 'user': `create_model` + a plain `jax.jit` of `model.apply` and an

@@ -139,7 +139,7 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
       jax.block_until_ready((st, metrics))
       cell['state'] = st
 
-    # Evaluation below gets its own copy: the train step may donate it.
+    # Evaluation below gets its own copy: the train step donates the state.
     variables = (jax.tree_util.tree_map(
         jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats})
                  if 'infer' in kinds else None)

@@ -73,8 +73,7 @@ def jit_steps(config, model, tx, schedule, mesh,
               compiler_options: Any = 'default'):
   """`(train_fn, eval_fn)`: the jitted steps over `mesh`.
 
-  `train_fn(state, batch) -> (state, metrics)` donates the state where
-  `runtime.donate_state()` says so (accelerators, not the CPU);
+  `train_fn(state, batch) -> (state, metrics)` donates the state;
   `eval_fn(variables, batch) -> metric sums`. Both take the batch
   sharded on 'data' and everything else replicated. `compiler_options`:
   'default' is `runtime.compiler_options()`, None XLA's defaults, or a dict.
@@ -91,8 +90,7 @@ def jit_steps(config, model, tx, schedule, mesh,
           ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
           dtype=dtype),
       in_shardings=(replicated, batch_sharding),
-      out_shardings=(replicated, replicated),
-      donate_argnums=0 if runtime.donate_state() else (),
+      out_shardings=(replicated, replicated), donate_argnums=0,
       compiler_options=compiler_options)
   eval_fn = jax.jit(
       functools.partial(steps.eval_step, model=model, dtype=dtype),
