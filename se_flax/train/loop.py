@@ -247,7 +247,8 @@ def _configure_runtime() -> None:
   elif jax.default_backend() == 'cpu':
     logging.warning('se_flax.configure_runtime() was not called before JAX '
                     'started: CPU steps run with glibc\'s default malloc, '
-                    'about 1.2x slower (README, "In a notebook")')
+                    'which can make them 1.3x slower (README, "In a '
+                    'notebook")')
 
 
 def _train(config, workdir: str, preemption) -> TrainResult:
