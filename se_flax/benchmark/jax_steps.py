@@ -53,15 +53,17 @@ def _synthetic_batches(batch: int, image_size: int, sharding, count: int = 2,
 
 
 def _compiled_variant(label, kind, batch, fn, args, run, flops, keep_hlo,
-                      path):
+                      path, cell, devices=1) -> Variant:
+  """Compiles `fn` for `args` into `cell['fn']`, which `run` calls."""
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - start
   text = compiled.as_text()
   xla_flops = hlo.xla_flops(compiled)
-  return compiled, Variant(
+  cell['fn'] = compiled
+  return Variant(
       label=label, framework='jax', kind=kind, batch=batch, run=run,
-      path=path, flops_per_image=flops, compile_s=compile_s,
+      devices=devices, path=path, handle=cell, flops_per_image=flops, compile_s=compile_s,
       xla_memory=hlo.xla_memory(compiled),
       xla_flops_per_image=xla_flops / batch if xla_flops else None,
       host_transfers=hlo.host_transfers(text), se_fusion=hlo.se_fusion(text),
@@ -143,12 +145,9 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
     variables = (jax.tree_util.tree_map(
         jnp.copy, {'params': state.params, 'batch_stats': state.batch_stats})
                  if 'infer' in kinds else None)
-    cell['fn'], v = _compiled_variant(label, 'train', batch, train_fn,
-                                      (state, batches[0]), run_train,
-                                      flops['train'], keep_hlo, LOOP)
-    v.devices = devices
-    v.handle = cell
-    variants.append(v)
+    variants.append(_compiled_variant(
+        label, 'train', batch, train_fn, (state, batches[0]), run_train,
+        flops['train'], keep_hlo, LOOP, cell, devices))
   else:
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
   if 'infer' in kinds:
@@ -164,12 +163,9 @@ def loop_step_variants(model_name: str, batch: int, image_size: int, dtype,
         cell['i'] += 1
       jax.block_until_ready(outs)
 
-    cell['fn'], v = _compiled_variant(label, 'infer', batch, eval_fn,
-                                      (variables, batches[0]), run_infer,
-                                      flops['infer'], keep_hlo, LOOP)
-    v.devices = devices
-    v.handle = cell
-    variants.append(v)
+    variants.append(_compiled_variant(
+        label, 'infer', batch, eval_fn, (variables, batches[0]), run_infer,
+        flops['infer'], keep_hlo, LOOP, cell, devices))
   return variants
 
 
@@ -226,12 +222,10 @@ def user_step_variants(model_name: str, batch: int, image_size: int, dtype,
         cell['args'] = out[:3]
       jax.block_until_ready(out)
 
-    cell['fn'], v = _compiled_variant(
+    variants.append(_compiled_variant(
         label, 'train', batch, jax.jit(train_step),
         (*cell['args'], images, labels), run_train, flops['train'],
-        keep_hlo, USER)
-    v.handle = cell
-    variants.append(v)
+        keep_hlo, USER, cell))
   if 'infer' in kinds:
     cell = {}
 
@@ -239,11 +233,9 @@ def user_step_variants(model_name: str, batch: int, image_size: int, dtype,
       jax.block_until_ready([cell['fn'](variables, images)
                              for _ in range(n)])
 
-    cell['fn'], v = _compiled_variant(
+    variants.append(_compiled_variant(
         label, 'infer', batch, jax.jit(predict), (variables, images),
-        run_infer, flops['infer'], keep_hlo, USER)
-    v.handle = cell
-    variants.append(v)
+        run_infer, flops['infer'], keep_hlo, USER, cell))
   return variants
 
 
