@@ -79,7 +79,7 @@ def expected_platform() -> str:
   platforms = os.environ.get('JAX_PLATFORMS', '')
   if 'jax' in sys.modules:
     import jax
-    platforms = jax.config.read('jax_platforms') or platforms
+    platforms = jax.config.jax_platforms or platforms
   if platforms:
     return platforms.split(',')[0].strip().lower()
   if importlib.util.find_spec('libtpu') is not None:
