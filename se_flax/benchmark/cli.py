@@ -85,6 +85,9 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
     raise ValueError(f"runtimes: {sorted(unknown)}; expected 'tuned' and/or "
                      "'untuned'")
   isolate = list(runtimes) != ['tuned'] or len(full_paths) > 1
+  if isolate and (keep_hlo or model_overrides):
+    raise ValueError('keep_hlo and model_overrides need one tuned path (in '
+                     'this process)')
   if not isolate:
     for se in twins:
       add('se' if se else 'plain', jax_steps.variants_for(
@@ -131,8 +134,8 @@ def run(model: str = 'seresnet50', batch: int = 32, image_size: int = 224,
             notes.append(f'timm {timm_name} skipped: {e}')
             continue
           workers_.append(worker)
-          flops = {k: roles[k][(full_paths[0], twin)].flops_per_image
-                   for k in roles}
+          flops = {k: next(v.flops_per_image for (_, r), v in
+                           roles[k].items() if r == twin) for k in roles}
           for v in workers.torch_variants(worker, f'timm {timm_name}',
                                           batch, flops):
             roles[v.kind][('timm', role)] = v
