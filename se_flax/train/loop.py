@@ -25,6 +25,7 @@ from se_flax.train.config import build_model, validate_config
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
 
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train_and_evaluate` returns, for notebooks and tests."""
