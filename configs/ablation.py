@@ -10,12 +10,12 @@
     ... --config.model.se_squeeze=none                # Table 16 (NoSqueeze)
     ... --config.model.se=False                       # the ResNet-50 row
 
-Protocol (docs/paper_notes.md, Ablations): 8 GPUs, lr 0.1 (per 256
-images), label smoothing, no biases in the SE FC layers. The paper lowers the lr on plateaus (~300
-epochs); this config uses its footnote's fixed schedule instead, 270 epochs
-with x0.1 at 125, 200 and 250, for which it reports ResNet-50 23.21% and
-SE-ResNet-50 22.20% top-1 error. The label-smoothing value and the batch
-are not stated: 0.1 and 256 (8 GPUs x 32) here.
+Protocol (docs/paper_notes.md, Ablations): 8 GPUs, lr 0.1 (per 256 images),
+label smoothing, no biases in the SE FC layers. The paper lowers the lr on
+plateaus (~300 epochs); this config uses its footnote's fixed schedule
+instead, 270 epochs with x0.1 at 125, 200 and 250, for which it reports
+ResNet-50 23.21% and SE-ResNet-50 22.20% top-1 error. The label-smoothing
+value and the batch are not stated: 0.1 and 256 (8 GPUs x 32) here.
 """
 
 from se_flax.train.config import base_config

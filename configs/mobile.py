@@ -5,11 +5,12 @@
         --config.model.se=False --workdir D        # plain 1.0 MobileNet-224
     python train.py --config configs/mobile.py:se_shufflenet_g3 --workdir D
 
-Protocol (docs/paper_notes.md, Mobile models): batch 256, SGD momentum
-0.9, lr 0.1, ~400 epochs, weight decay 4e-5 (v3). The paper divides the lr by 10 on validation-loss
-plateaus; this config uses a fixed x0.1 at epochs 200, 300 and 350 instead
-(plateau schedules are not implemented). Paper top-1 error, plain -> SE:
-MobileNet 28.4 -> 25.3, ShuffleNet 1x (g=3) 32.6 -> 31.0.
+Protocol (docs/paper_notes.md, Mobile models): batch 256, SGD momentum 0.9,
+lr 0.1, ~400 epochs, weight decay 4e-5 (v3). The paper divides the lr by 10
+on validation-loss plateaus; this config uses a fixed x0.1 at epochs 200,
+300 and 350 instead (plateau schedules are not implemented). Paper top-1
+error, plain -> SE: MobileNet 28.4 -> 25.3, ShuffleNet 1x (g=3) 32.6 ->
+31.0.
 """
 
 from se_flax.train.config import base_config

@@ -7,7 +7,8 @@ bit) and its gradient equals JAX's to float rounding
 (tests/test_cpu_grads.py, tests/test_layers.py). `matmul` and
 `batch_norm_train` are `jax.custom_vjp` (reverse mode only: layers with
 `impl='xla'` do without them); `max_pool` is a `jax.custom_jvp`, so both
-modes work. Measurements: PERFORMANCE.md, "1x1 weight gradients", "Max pooling's gradient" and "BatchNorm's closed-form gradient".
+modes work. Measurements: PERFORMANCE.md, "1x1 weight gradients", "Max
+pooling's gradient" and "BatchNorm's closed-form gradient".
 """
 
 import functools

@@ -9,7 +9,8 @@ in a notebook it is the one call to make before using JAX. Importing
 se_flax changes nothing in the process: these settings are process-wide,
 so they happen only when asked for.
 
-What it sets, on the CPU backend only (PERFORMANCE.md, "XLA's own convolutions" and "Page faults"):
+What it sets, on the CPU backend only (PERFORMANCE.md, "XLA's own
+convolutions" and "Page faults"):
 - glibc keeps freed memory (one arena, no `mmap`, no trimming). XLA's CPU
   client allocates every call's temporaries anew, GiBs for a ResNet-50
   train step; with glibc's defaults each step maps them fresh and faults
@@ -34,8 +35,9 @@ from typing import Optional
 
 # XLA's CPU backend hands convolutions to YNNPACK by default; its own
 # (Eigen) convolutions run ResNet-50's train step about 1.4x faster on x86
-# (PERFORMANCE.md, "XLA's own convolutions"). The list keeps the other default YNN fusions
-# (dots, reductions). Speed only: results change by float rounding at most.
+# (PERFORMANCE.md, "XLA's own convolutions"). The list keeps the other
+# default YNN fusions (dots, reductions). Speed only: results change by
+# float rounding at most.
 CPU_XLA_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                    'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
                    'LIBRARY_FUSION_TYPE_REDUCE'}
@@ -134,8 +136,8 @@ def xla_knows_flag(name: str) -> bool:
 
 def _cpu_xla_flags() -> str:
   present = os.environ.get('XLA_FLAGS', '')
-  added = [f'--{name}={value}' for name, value in CPU_XLA_OPTIONS.items()
-           if f'--{name}=' not in present and xla_knows_flag(name)]
+  added = [f'--{name}={value}' for name, value in _known_cpu_options().items()
+           if f'--{name}=' not in present]
   if added:
     os.environ['XLA_FLAGS'] = ' '.join([present, *added]).strip()
   return ' '.join(added)
@@ -173,15 +175,11 @@ def current() -> Optional[RuntimeSettings]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cpu_options_supported() -> bool:
-  import jax
-  import jax.numpy as jnp
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_XLA_OPTIONS).lower(
-        jnp.zeros((), jnp.float32)).compile()
-  except Exception:  # An XLA without this (experimental) option.
-    return False
-  return True
+def _known_cpu_options() -> dict:
+  """`CPU_XLA_OPTIONS` that this jaxlib's XLA knows (all, or fewer once an
+  experimental option is gone): one check for XLA_FLAGS and per-jit use."""
+  return {name: value for name, value in CPU_XLA_OPTIONS.items()
+          if xla_knows_flag(name)}
 
 
 def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
@@ -194,7 +192,7 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
   """
   import jax
   backend = backend or jax.default_backend()
-  if backend == 'cpu' and _cpu_options_supported():
-    return dict(CPU_XLA_OPTIONS)
+  if backend == 'cpu' and _known_cpu_options():
+    return dict(_known_cpu_options())
   return None
 

@@ -28,7 +28,8 @@ def _gate(state):
     (256, 'divisible', 16), (320, 'floor', 20), (320, 'divisible', 24),
     (1056, 'floor', 66), (1056, 'divisible', 64)])
 def test_hidden_width_rules(channels, rule, expected):
-  # docs/architectures.md, The SE unit and SE-BN-Inception: C // 16 vs timm's make_divisible(C / 16, 8).
+  # docs/architectures.md, The SE unit and SE-BN-Inception: C // 16 vs
+  # timm's make_divisible(C / 16, 8).
   assert SqueezeExcite(hidden_rule=rule).hidden_width(channels) == expected
 
 
@@ -141,7 +142,8 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
 def test_cpu_1x1_gradient_rule_equals_xla_autodiff(in_features, features,
                                                    strides, dtype):
   # impl='auto' on the CPU backend uses a custom VJP (PERFORMANCE.md,
-  # "1x1 weight gradients"); it must be the same function and gradient as plain XLA ops.
+  # "1x1 weight gradients"); it must be the same function and gradient as
+  # plain XLA ops.
   x = jax.random.normal(jax.random.key(3), (2, 9, 10, in_features))
   g = jax.random.normal(jax.random.key(4), (2, 5 if strides == 2 else 9,
                                             5 if strides == 2 else 10,
