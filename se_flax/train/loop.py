@@ -18,7 +18,8 @@ import numpy as np
 from absl import logging
 
 from se_flax import runtime
-from se_flax.train import checkpoint, multihost, nonfinite, optim, paths
+from se_flax.train import checkpoint, multihost, nonfinite, object_store_lock
+from se_flax.train import optim, paths
 from se_flax.train import preemption as preemption_lib
 from se_flax.train import resume, sharding, steps, workdir_lock, writers
 from se_flax.train.config import build_model, validate_config
@@ -178,27 +179,24 @@ def _data_counters(train_batches) -> dict:
 def _lock_workdir(workdir: str):
   """One lock per run, held by process 0; every process learns the outcome.
 
-  Object-store workdirs (gs://) have no atomic create, so they are not
-  locked (a warning says so).
+  Object-store workdirs (gs://, s3://) get an `ObjectStoreLock`
+  (conditional writes stand in for an exclusive create).
   """
-  if paths.is_url(workdir):
-    logging.warning('%s is not on a POSIX filesystem: it is not locked, '
-                    'so make sure no other trainer uses it', workdir)
-    return None
   lock, error = None, None
   if jax.process_index() == 0:
-    lock = workdir_lock.WorkdirLock(workdir)
-    try:
+    try:  # Any failure is broadcast, or the other processes would wait.
+      lock = (object_store_lock.ObjectStoreLock(workdir)
+              if paths.is_url(workdir) else workdir_lock.WorkdirLock(workdir))
       lock.acquire()
-    except workdir_lock.WorkdirInUseError as e:
-      error = e
+    except (workdir_lock.WorkdirInUseError, ValueError, OSError) as e:
+      lock, error = None, e
   if jax.process_count() > 1:
     ok = multihost.broadcast_ints([error is None])[0]
     if not ok and error is None:
       error = workdir_lock.WorkdirInUseError(
           f'{workdir}/{workdir_lock.LOCK_NAME}', None, 0.0,
-          message=f'Process 0 could not lock {workdir}: another trainer '
-          'uses it (process 0 names the holder)')
+          message=f'Process 0 could not lock {workdir} (process 0 says '
+          'why: another trainer uses it, or the workdir is unusable)')
   if error is not None:
     raise error
   return lock

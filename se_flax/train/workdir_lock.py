@@ -73,7 +73,7 @@ class WorkdirInUseError(RuntimeError):
         f'first, or, if you are sure it is dead, delete {path}.')
 
 
-def _process_start(pid: int) -> Optional[str]:
+def process_start(pid: int) -> Optional[str]:
   """`<boot id>:<start ticks>` of a live pid; None if gone or unknown.
 
   A zombie counts as gone: it is a dead holder its parent has not reaped.
@@ -240,7 +240,7 @@ class WorkdirLock:
     return {
         'host': self.host,
         'pid': os.getpid(),
-        'process_start': _process_start(os.getpid()),
+        'process_start': process_start(os.getpid()),
         'start_time': datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec='seconds'),
         'token': token,
@@ -276,7 +276,7 @@ class WorkdirLock:
     recorded = record.get('process_start')
     if recorded is None:
       return _pid_exists(pid)  # No start times on this OS: the pid must do.
-    return _process_start(pid) == recorded
+    return process_start(pid) == recorded
 
   def _take_over_if_stale(self, token: str) -> bool:
     """Replaces a dead holder's lock by ours.

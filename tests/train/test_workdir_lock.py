@@ -70,7 +70,7 @@ def _python(code, *args, **kwargs):
 
 def _write_record(workdir, **fields):
   record = {'host': socket.gethostname(), 'pid': os.getpid(),
-            'process_start': workdir_lock._process_start(os.getpid()),
+            'process_start': workdir_lock.process_start(os.getpid()),
             'start_time': '2000-01-01T00:00:00+00:00', 'token': 'theirs'}
   record.update(fields)
   path = os.path.join(workdir, 'lock.json')

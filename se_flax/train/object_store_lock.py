@@ -1,0 +1,165 @@
+"""The workdir lock on object stores (gs://, s3://), where files cannot be
+created exclusively but objects can be written conditionally.
+
+The lock is the object `<workdir>/lock.json`, the same JSON holder record
+as `workdir_lock.WorkdirLock` writes, plus `heartbeat` (unix seconds).
+Every write is conditional on the object's generation (GCS's
+ifGenerationMatch, through TensorStore's key-value store, which Orbax
+already depends on): creating succeeds only if no lock exists, a heartbeat
+or release only if the object is still the one we wrote, a takeover only
+if it is still the stale record we read. So of two trainers exactly one
+wins, and a holder notices when its lock was taken over.
+
+Alive means: on the holder's own host, its pid exists with the recorded
+process start time; from any other host, its last heartbeat is younger
+than `stale_after_seconds` (the hosts' clocks must agree to well within
+that).
+"""
+
+import atexit
+import json
+import os
+import random
+import secrets
+import threading
+import time
+from typing import Optional
+
+from absl import logging
+import tensorstore as ts
+
+from se_flax.train import workdir_lock
+
+_MAX_ATTEMPTS = 20
+
+
+def _parse(data: bytes) -> Optional[dict]:
+  try:
+    record = json.loads(data)
+  except ValueError:
+    return None
+  if not isinstance(record, dict) or not {'host', 'pid', 'token',
+                                          'heartbeat'} <= record.keys():
+    return None
+  return record
+
+
+class ObjectStoreLock(workdir_lock.WorkdirLock):
+  """An exclusive, heartbeating lock on a workdir URL; see the module doc.
+
+  Same interface as `WorkdirLock`: a context manager, or `acquire()` and
+  `release()`; `acquire` raises `WorkdirInUseError` if a live trainer
+  holds the workdir.
+  """
+
+  def __init__(self, workdir: str, *, heartbeat_seconds: float = 30.0,
+               stale_after_seconds: float = 300.0):
+    super().__init__(workdir, heartbeat_seconds=heartbeat_seconds,
+                     stale_after_seconds=stale_after_seconds)
+    self.workdir = workdir.rstrip('/')
+    self.path = f'{self.workdir}/{workdir_lock.LOCK_NAME}'
+    try:
+      self._store = ts.KvStore.open(self.workdir + '/').result()
+    except ValueError as e:
+      raise ValueError(
+          f'Cannot lock {workdir}: TensorStore has no key-value store for '
+          f'this URL ({e}). Supported: gs://, s3:// and file:// URLs, or '
+          'a local path.') from e
+    self._generation = None  # Of the object we last wrote.
+    self._held_record = None
+
+  def acquire(self) -> None:
+    if self._token is not None:
+      raise RuntimeError(f'{self.path} is already held by this lock.')
+    token = secrets.token_hex(16)
+    for _ in range(_MAX_ATTEMPTS):
+      current = self._store.read(workdir_lock.LOCK_NAME).result()
+      if current.state == 'value':
+        self._refuse_if_alive(current.value)
+      record = self._record(token)
+      generation = self._write(record, current.stamp.generation)
+      if generation:
+        break
+      # Another trainer wrote between our read and write; look again.
+      time.sleep(random.uniform(0.01, 0.05))
+    else:
+      raise RuntimeError(f'Could not acquire {self.path} after '
+                         f'{_MAX_ATTEMPTS} attempts: too much contention.')
+    self._token, self._generation, self._held_record = (
+        token, generation, record)
+    self._owner_pid = os.getpid()
+    self._stop.clear()
+    self._thread = threading.Thread(
+        target=self._heartbeat, name=f'ObjectStoreLock({self.workdir})',
+        daemon=True)
+    self._thread.start()
+    atexit.register(self.release)
+
+  def release(self) -> None:
+    if self._token is None or os.getpid() != self._owner_pid:
+      return
+    self._stop.set()
+    thread = self._thread
+    if thread is not None and thread is not threading.current_thread():
+      thread.join()
+    with self._mutex:
+      deleted = self._store.write(workdir_lock.LOCK_NAME, None,
+                                  if_equal=self._generation).result()
+      if not deleted.generation:
+        logging.warning('%s is no longer the lock we wrote; left it in '
+                        'place.', self.path)
+      self._token = self._generation = self._thread = None
+    atexit.unregister(self.release)
+
+  def _record(self, token: str) -> dict:
+    return dict(super()._record(token), heartbeat=time.time())
+
+  def _write(self, record: dict, if_equal: bytes) -> bytes:
+    """The new generation, or b'' if the object was not at `if_equal`."""
+    data = json.dumps(record, indent=1).encode() + b'\n'
+    return self._store.write(workdir_lock.LOCK_NAME, data,
+                             if_equal=if_equal).result().generation
+
+  def _refuse_if_alive(self, data: bytes) -> None:
+    record = _parse(data)
+    if record is None:
+      # Objects appear whole: unreadable means damaged, not half-written.
+      logging.warning('Taking over %s: it is not a lock record.', self.path)
+      return
+    age = time.time() - record['heartbeat']
+    if record['host'] == self.host:
+      start = record.get('process_start')
+      alive = (workdir_lock.process_start(record['pid']) == start
+               if start is not None else age < self.stale_after_seconds)
+    else:
+      alive = age < self.stale_after_seconds
+    if alive:
+      raise workdir_lock.WorkdirInUseError(self.path, record, age)
+    logging.warning(
+        'Taking over the stale lock %s of host %s, pid %s, started %s '
+        '(dead; last heartbeat %.0f s ago).', self.path, record['host'],
+        record['pid'], record.get('start_time'), age)
+
+  def _holds_token(self) -> bool:
+    current = self._store.read(workdir_lock.LOCK_NAME).result()
+    record = _parse(current.value) if current.state == 'value' else None
+    return record is not None and record['token'] == self._token
+
+  def _heartbeat(self) -> None:
+    while not self._stop.wait(self.heartbeat_seconds):
+      with self._mutex:
+        if self._stop.is_set():
+          return
+        record = dict(self._held_record, heartbeat=time.time())
+        try:
+          generation = self._write(record, self._generation)
+        except Exception as e:  # pylint: disable=broad-except
+          logging.warning('Heartbeat of %s failed: %s', self.path, e)
+          continue  # A transient store error; try again next beat.
+        if generation:
+          self._generation = generation
+          continue
+      logging.error('Lost the workdir lock %s: it was removed or taken '
+                    'over. Another trainer may be writing to %s.',
+                    self.path, self.workdir)
+      return
