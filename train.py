@@ -12,7 +12,6 @@ Exit status, for schedulers:
 """
 
 import importlib.util
-import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -32,15 +31,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 EXIT_FAILED = 1
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later".
 EXIT_INTERRUPTED = 130  # The shell's code for Ctrl-C.
-
-
-class _QuietOrbax(std_logging.Filter):
-  """Keeps Orbax's per-save INFO chatter out of the training log."""
-
-  def filter(self, record):
-    # std logging levels: absl's constants (WARNING == -1) are another scale.
-    return (record.levelno >= std_logging.WARNING
-            or '/orbax/' not in record.pathname)
 
 
 def _expected_errors() -> tuple:
@@ -63,13 +53,14 @@ def main(argv):
   # First: the allocator and XLA_FLAGS must be set before any thread of
   # JAX or TensorFlow allocates.
   settings = runtime.configure() if FLAGS.tune_runtime else None
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  cli.quiet_library_logs(FLAGS.verbosity)
   cli.install_quiet_shutdown()
   config = FLAGS.config
   # TensorFlow is only the input pipeline (and CLU's summary writer, which
   # imports it on every data source): keep it off the accelerators before
   # it runs a single op.
   if importlib.util.find_spec('tensorflow') is not None:
+    cli.import_tensorflow(FLAGS.verbosity)
     from se_flax.data.tf_setup import hide_accelerators_from_tf
     hide_accelerators_from_tf()
   from se_flax.train import loop, multihost

@@ -444,12 +444,11 @@ def eval_dataset(
   num_batches = math.ceil(math.ceil(total / process_count) / local)
   shard = records.process_shard(builder, split, process_index, process_count)
   size = data_config.eval_image_size or data_config.image_size
+  stand_in = records.stand_in_record(
+      data_config.image_key, data_config.label_key
+  )
   ds = records.read(
-      shard,
-      cycle_length=data_config.file_cycle_length,
-      stand_in=records.stand_in_record(
-          data_config.image_key, data_config.label_key
-      ),
+      shard, cycle_length=data_config.file_cycle_length, stand_in=stand_in
   )
   if data_config.cache:
     ds = ds.cache()
@@ -473,13 +472,13 @@ def eval_dataset(
         'lost_from': lost_from,
     }
 
-  # Padding records are empty and fail to parse on purpose: the fallback
-  # gives them mask False, and only the last batch or two pay for it.
+  # Padding is the stand-in record (it parses and decodes, so costs no
+  # fallback and logs no parse error), marked not real: mask False.
   pad = num_batches * local - shard.num_examples
   ds = ds.map(lambda record, lost_from: (record, True, lost_from))
   ds = ds.concatenate(
       tf.data.Dataset.from_tensors(
-          (tf.constant(b''), False, tf.constant(''))
+          (tf.constant(stand_in), False, tf.constant(''))
       ).repeat(pad)
   )
   ds = records.map_and_batch_catching_errors(

@@ -1,15 +1,22 @@
-"""What the command-line entry points share: one-message failures.
+"""What the command-line entry points share: one-message failures and a
+readable log.
 
 An expected failure (bad config, damaged checkpoint or data, busy workdir)
 prints one message whose last line names the cause and the path, and the
 process exits without the shutdown noise of Orbax's and TensorStore's
 background threads (late asyncio callbacks, never-awaited coroutines),
 which would otherwise print tracebacks after it.
+
+The log shows what a person running the command needs (layout, progress,
+eval, saves, real problems); libraries' INFO chatter (TensorFlow's C++
+start-up lines, JAX's backend probing, TFDS's dataset-info loads, Orbax's
+per-save steps) appears from `--verbosity=1` (`-v 1`) on.
 """
 
 import logging as std_logging
 import os
 import sys
+import tempfile
 import warnings
 
 from absl import logging
@@ -29,6 +36,55 @@ def install_quiet_shutdown() -> None:
   sys.unraisablehook = quiet_late_async_errors
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
   warnings.filterwarnings('ignore', message='coroutine .* was never awaited')
+
+
+# Sources whose INFO and WARNING records are chatter at the default
+# verbosity (absl routes several libraries' records through one logger,
+# so they are told apart by file): Orbax's per-save steps, TFDS's
+# dataset-info loads and preparation notes, JAX's backend probing.
+_CHATTY_SOURCES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/xla_bridge',
+                   '/gcsfs/')
+
+
+class _QuietLibraries(std_logging.Filter):
+
+  def filter(self, record):
+    # std logging levels: absl's constants (WARNING == -1) are another scale.
+    return (record.levelno >= std_logging.ERROR
+            or not any(s in record.pathname for s in _CHATTY_SOURCES))
+
+
+def quiet_library_logs(verbosity: int) -> None:
+  """Below `verbosity` 1, libraries log only errors (see the module doc)."""
+  if verbosity < 1:
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def import_tensorflow(verbosity: int):
+  """Imports TensorFlow; below `verbosity` 1 without its start-up lines.
+
+  TensorFlow's C++ library prints them to fd 2 before its log level is
+  read (TF_CPP_MIN_LOG_LEVEL does not hide them), so fd 2 is held aside
+  during the import and replayed only if the import fails.
+  """
+  if verbosity >= 1 or 'tensorflow' in sys.modules:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except BaseException:
+      os.dup2(saved, 2)
+      held.seek(0)
+      sys.stderr.buffer.write(held.read())
+      raise
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+  return tf
 
 
 def fail(prog: str, error: BaseException, code: int = 1) -> None:

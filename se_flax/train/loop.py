@@ -280,9 +280,17 @@ def _train(config, workdir: str, preemption) -> TrainResult:
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     if start_step == 0:
       writer.write_hparams(_flat_hparams(config))
-    logging.info('%d steps (%d per epoch), global batch %d on %d devices',
-                 num_steps, steps_per_epoch, config.batch_size,
-                 jax.device_count())
+    num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+    data = config.data.source + (
+        f' {config.data.name}' if config.data.source == 'tfds' else '')
+    logging.info('%s, %.2fM params, %d classes; data: %s, %d training '
+                 'examples at %d px', config.model.name, num_params / 1e6,
+                 inputs.num_classes, data, inputs.num_train_examples,
+                 inputs.image_size)
+    logging.info('%d steps (%d per epoch) from step %d, global batch %d on '
+                 '%d devices; config in %s', num_steps, steps_per_epoch,
+                 start_step, config.batch_size, jax.device_count(),
+                 paths.workdir_path(workdir) / 'config.json')
     result = _loop(config, state, start_step, num_steps, eval_every,
                    train_fn, eval_fn, inputs, batch_sharding, ckpt, writer,
                    run, workdir, preemption)
@@ -375,6 +383,7 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
     if saving:  # Before the best: on a filling disk, resuming matters.
       ckpt.save(done, state, _meta(config, done, run))
       finite_watch.last_saved = done
+      logging.info('checkpoint: step %d to %s', done, ckpt.step_dir(done))
     if evaluating:
       eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
                                    config)
@@ -401,8 +410,7 @@ def _evaluate_all(eval_fn, state, inputs, batch_sharding, config) -> dict:
   if config.ema_decay > 0:
     summary.update({f'eval_ema/{k}': v for k, v in evaluate(
         eval_fn, state, inputs, batch_sharding, ema=True).items()})
-  logging.info('eval: %s', summary)
-  return summary
+  return summary  # The writer logs it.
 
 
 def _flat_hparams(config) -> dict[str, Any]:

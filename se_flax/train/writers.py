@@ -58,14 +58,15 @@ class JsonlWriter:
 
 
 class _LogWriter:
-  """Console output when CLU (TensorFlow) is not available."""
+  """The console: one line per write; hyperparameters only at -v 1."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     logging.info('[%d] %s', step, ', '.join(
         f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
 
   def write_hparams(self, hparams):
-    logging.info('hparams: %s', hparams)
+    # config.json holds them; the console stays readable.
+    logging.vlog(1, 'hparams: %s', hparams)
 
   def flush(self):
     pass
@@ -104,18 +105,20 @@ class Writers:
 def create_writer(workdir: str, is_main_process: bool) -> Writers:
   if not is_main_process:
     return Writers([])
+  writers = [_LogWriter(), JsonlWriter(workdir)]
   try:
     from clu import metric_writers
-    console = metric_writers.create_default_writer(workdir)
+    writers.append(metric_writers.SummaryWriter(
+        str(paths.workdir_path(workdir))))
   except ImportError:
     logging.info('No TensorFlow/TensorBoard: logging to the console and '
                  'metrics.jsonl only')
-    console = _LogWriter()
-  return Writers([console, JsonlWriter(workdir)])
+  return Writers(writers)
 
 
 class Progress:
-  """Steps/s and ETA at most every `every_seconds`, on a synchronised clock.
+  """Steps/s and ETA at most every `every_seconds` (the first after 10 s, so
+  a short run shows one too), on a synchronised clock.
 
   `start` and `update` must be called where the dispatched steps have
   finished (after a fetch of their results), so the rate is what a
@@ -129,6 +132,7 @@ class Progress:
     self._every = every_seconds
     self._start = self._last = None
     self._start_step = 0
+    self._reported = False
 
   def start(self, step: int) -> None:
     self._start = self._last = time.perf_counter()
@@ -138,9 +142,10 @@ class Progress:
     now = time.perf_counter()
     if self._start is None or step == self._start_step:
       return
-    if now - self._last < self._every and step != self._num_steps:
+    every = self._every if self._reported else min(self._every, 10.0)
+    if now - self._last < every and step != self._num_steps:
       return
-    self._last = now
+    self._last, self._reported = now, True
     rate = (step - self._start_step) / (now - self._start)
     eta = (self._num_steps - step) / rate if rate > 0 else float('inf')
     self._writer.write_scalars(step, {'steps_per_sec': rate})

@@ -5,6 +5,7 @@ see the same workdir fail together instead of hanging."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -184,6 +185,16 @@ def test_slurm_one_process_per_node_and_a_peer_that_dies(tmp_path):
 
 
 @pytest.mark.slow
+def _assert_readable_log(stderr):
+  """What a person reads: no expected-but-alarming lines (parse errors
+  from eval padding, TF's start-up lines, Orbax/TFDS INFO), no WARNING."""
+  lines = stderr.splitlines()
+  for noise in ('OP_REQUIRES', 'oneDNN', 'absl::InitializeLog',
+                'Load dataset info', 'checkpoint_manager.py'):
+    assert not [l for l in lines if noise in l], (noise, stderr[-3000:])
+  assert not [l for l in lines if re.match(r'W\d{4} ', l)], stderr[-3000:]
+
+
 def test_two_train_py_processes_through_tfds_resume_bitwise(tmp_path):
   """The TFDS pipeline, 2 processes (each reads its own half of every
   split): exact eval count, and a run stopped and resumed across an epoch
@@ -198,6 +209,8 @@ def test_two_train_py_processes_through_tfds_resume_bitwise(tmp_path):
     codes, errs = _launch([workdir, workdir], *tfds,
                           f'num_train_steps={steps}')
     assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    for err in errs:
+      _assert_readable_log(err)
   assert _eval_counts(straight) == [25]
   assert _eval_counts(resumed) == [25, 25]
   helpers.assert_trees_equal(se_flax.load_variables(straight),
