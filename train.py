@@ -18,14 +18,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Training config file.',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Training config file.', lock_config=True
+)
 flags.DEFINE_string('workdir', None, 'Checkpoints, summaries, config.json.')
-flags.DEFINE_bool('tune_runtime', True,
-                  "se_flax.runtime.configure(): on CPU, glibc keeps freed "
-                  "memory and XLA keeps its own convolutions "
-                  "(PERFORMANCE.md). --notune_runtime leaves both as they "
-                  "are.")
+flags.DEFINE_bool(
+    'tune_runtime',
+    True,
+    'se_flax.runtime.configure(): on CPU, glibc keeps freed '
+    'memory and XLA keeps its own convolutions '
+    '(PERFORMANCE.md). --notune_runtime leaves both as they '
+    'are.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 EXIT_FAILED = 1
@@ -38,8 +42,13 @@ def _expected_errors() -> tuple:
   from se_flax.train import checkpoint, nonfinite, workdir_lock
   # ValueError covers config errors and resume.ResumeMismatchError;
   # CheckpointError every checkpoint failure, NoIntactCheckpointError too.
-  errors = [ValueError, OSError, checkpoint.CheckpointError,
-            workdir_lock.WorkdirInUseError, nonfinite.NonFiniteStepError]
+  errors = [
+      ValueError,
+      OSError,
+      checkpoint.CheckpointError,
+      workdir_lock.WorkdirInUseError,
+      nonfinite.NonFiniteStepError,
+  ]
   if 'se_flax.data.records' in sys.modules:
     errors.append(sys.modules['se_flax.data.records'].CorruptRecordError)
   return tuple(errors)
@@ -62,23 +71,32 @@ def main(argv):
   if importlib.util.find_spec('tensorflow') is not None:
     cli.import_tensorflow(FLAGS.verbosity)
     from se_flax.data.tf_setup import hide_accelerators_from_tf
+
     hide_accelerators_from_tf()
   from se_flax.train import loop, multihost
+
   try:
     # Before anything asks JAX about devices: that starts the backend.
     multihost.initialize_distributed(config)
-    logging.info('JAX %s; %s', multihost.layout(),
-                 settings.describe() if settings else 'runtime not tuned')
+    logging.info(
+        'JAX %s; %s',
+        multihost.layout(),
+        settings.describe() if settings else 'runtime not tuned',
+    )
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except _expected_errors() as e:
     cli.fail('train.py', e, EXIT_FAILED)
   if result.preempted:
-    code = EXIT_INTERRUPTED if result.stop_signal == 'SIGINT' else (
-        EXIT_PREEMPTED)
-    print(f'train.py: {result.stop_signal}: stopped at step '
-          f'{int(result.state.step)}, state saved in {FLAGS.workdir}. Exit '
-          f'{code}: run the same command to resume.', file=sys.stderr,
-          flush=True)
+    code = (
+        EXIT_INTERRUPTED if result.stop_signal == 'SIGINT' else (EXIT_PREEMPTED)
+    )
+    print(
+        f'train.py: {result.stop_signal}: stopped at step '
+        f'{int(result.state.step)}, state saved in {FLAGS.workdir}. Exit '
+        f'{code}: run the same command to resume.',
+        file=sys.stderr,
+        flush=True,
+    )
     return code
   return 0
 

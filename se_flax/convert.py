@@ -33,8 +33,13 @@ from se_flax.models.mobilenet import MobileNetV1
 from se_flax.models.resnet import ResNet
 from se_flax.models.vgg import VGG
 
-_PARAM_SUFFIX = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias',
-                 'mean': 'running_mean', 'var': 'running_var'}
+_PARAM_SUFFIX = {
+    'kernel': 'weight',
+    'scale': 'weight',
+    'bias': 'bias',
+    'mean': 'running_mean',
+    'var': 'running_var',
+}
 _LEGACY_MARKERS = ('layer0.', '.se_module.', 'last_linear.')
 # Parameter shapes do not depend on the image size; this one is valid for
 # every family (Inception-ResNet-v2's VALID reductions need >= 75 px).
@@ -50,6 +55,7 @@ class KeyLayout:
     classifier: timm module of the classifier (the Flax `fc` Dense).
     hint: optional `keys -> str`, an explanation appended to load errors.
   """
+
   module_key: Callable[[tuple[str, ...]], str]
   classifier: str
   hint: Optional[Callable[[Any], str]] = None
@@ -72,49 +78,69 @@ def _resnet_module_key(path: tuple[str, ...], legacy: bool) -> str:
     raise KeyError(module)
   if head == 'fc':
     return 'last_linear' if legacy else 'fc'
-  stage, block = head[len('stage'):].split('_block')
-  names = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1',
-           'se': 'se_module' if legacy else 'se'}
-  return '.'.join([f'layer{stage}', block] +
-                  [names.get(rest[0], rest[0])] + list(rest[1:]))
+  stage, block = head[len('stage') :].split('_block')
+  names = {
+      'downsample_conv': 'downsample.0',
+      'downsample_bn': 'downsample.1',
+      'se': 'se_module' if legacy else 'se',
+  }
+  return '.'.join(
+      [f'layer{stage}', block] + [names.get(rest[0], rest[0])] + list(rest[1:])
+  )
 
 
 def _resnet_deep_stem_key(path, legacy):
   # timm resnet.py's deep stem is one Sequential (conv, bn, relu) x 3 whose
   # last BN is the top-level `bn1`.
   if not legacy and path[0] == 'stem':
-    return {'conv1': 'conv1.0', 'bn1': 'conv1.1', 'conv2': 'conv1.3',
-            'bn2': 'conv1.4', 'conv3': 'conv1.6', 'bn3': 'bn1'}[path[1]]
+    return {
+        'conv1': 'conv1.0',
+        'bn1': 'conv1.1',
+        'conv2': 'conv1.3',
+        'bn2': 'conv1.4',
+        'conv3': 'conv1.6',
+        'bn3': 'bn1',
+    }[path[1]]
   return _resnet_module_key(path, legacy)
 
 
 def _resnet_layout_hint(name: str, keys) -> str:
   """Explains a legacy (senet.py) vs resnet.py key mismatch."""
-  has_legacy = any(m in k or k.startswith(m) for k in keys
-                   for m in _LEGACY_MARKERS)
+  has_legacy = any(
+      m in k or k.startswith(m) for k in keys for m in _LEGACY_MARKERS
+  )
   if has_legacy and not _is_legacy_layout(name):
-    return (f'\nThese are timm senet.py (legacy/Caffe) keys, but {name!r} is '
-            'a torchvision-style network (stride on the 3x3, padded max '
-            'pool): the weights would load and compute a different function. '
-            'Use the matching legacy_* model.')
+    return (
+        f'\nThese are timm senet.py (legacy/Caffe) keys, but {name!r} is '
+        'a torchvision-style network (stride on the 3x3, padded max '
+        'pool): the weights would load and compute a different function. '
+        'Use the matching legacy_* model.'
+    )
   if not has_legacy and _is_legacy_layout(name):
-    return (f'\nThese look like timm resnet.py keys, but {name!r} is a '
-            'Caffe-style (legacy) network: use the matching timm-style model '
-            '(e.g. seresnet50 instead of legacy_seresnet50).')
+    return (
+        f'\nThese look like timm resnet.py keys, but {name!r} is a '
+        'Caffe-style (legacy) network: use the matching timm-style model '
+        '(e.g. seresnet50 instead of legacy_seresnet50).'
+    )
   return ''
 
 
 def _resnet_layout(model: ResNet, name: str) -> KeyLayout:
   legacy = _is_legacy_layout(name)
   key = _resnet_deep_stem_key if model.stem == 'deep' else _resnet_module_key
-  return KeyLayout(functools.partial(key, legacy=legacy),
-                   'last_linear' if legacy else 'fc',
-                   functools.partial(_resnet_layout_hint, name))
+  return KeyLayout(
+      functools.partial(key, legacy=legacy),
+      'last_linear' if legacy else 'fc',
+      functools.partial(_resnet_layout_hint, name),
+  )
 
 
 # timm's Sequential names of the repeated Inception-ResNet blocks.
-_IRV2_REPEATS = {'block35': 'repeat', 'block17': 'repeat_1',
-                 'block8': 'repeat_2'}
+_IRV2_REPEATS = {
+    'block35': 'repeat',
+    'block17': 'repeat_1',
+    'block8': 'repeat_2',
+}
 
 
 def _irv2_module_key(path: tuple[str, ...]) -> str:
@@ -166,8 +192,12 @@ def _mobilenet_layout(model: MobileNetV1, name: str) -> KeyLayout:
 # Families whose architecture timm has, and how to name their keys. timm
 # has no SE variant of VGG, MobileNet v1 or Inception-ResNet-v2 (nor any
 # BN-Inception or ShuffleNet v1): those models have no timm layout.
-_LAYOUTS = {ResNet: _resnet_layout, InceptionResNetV2: _irv2_layout,
-            VGG: _vgg_layout, MobileNetV1: _mobilenet_layout}
+_LAYOUTS = {
+    ResNet: _resnet_layout,
+    InceptionResNetV2: _irv2_layout,
+    VGG: _vgg_layout,
+    MobileNetV1: _mobilenet_layout,
+}
 _SE_IN_TIMM = (ResNet,)
 
 
@@ -182,11 +212,13 @@ def key_layout(name: str) -> KeyLayout:
   if family not in _LAYOUTS:
     raise NotImplementedError(
         f'{name!r}: timm has no {family.__name__}, so there is no timm key '
-        'layout to convert from or to')
+        'layout to convert from or to'
+    )
   if getattr(model, 'se', None) is not None and family not in _SE_IN_TIMM:
     raise NotImplementedError(
         f'{name!r}: timm has no SE variant of {family.__name__}; convert '
-        f'the plain network (se=None) instead')
+        f'the plain network (se=None) instead'
+    )
   return _LAYOUTS[family](model, name)
 
 
@@ -230,9 +262,12 @@ def timm_layout(name: str, num_classes: int = 1000) -> dict[str, _Leaf]:
   layout = key_layout(name)
   model = registry.create_model(name, num_classes=num_classes)
   shapes = jax.eval_shape(
-      lambda: model.init(jax.random.key(0),
-                         jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
-                         train=False))
+      lambda: model.init(
+          jax.random.key(0),
+          jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3)),
+          train=False,
+      )
+  )
   leaves = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(dict(shapes))[0]:
     collection, *names = [k.key for k in path]
@@ -276,27 +311,35 @@ def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
     ValueError: listing missing keys, unexpected keys and shape mismatches.
     NotImplementedError: `name` has no timm counterpart (`key_layout`).
   """
-  state = {k: v for k, v in state_dict.items()
-           if not k.endswith('num_batches_tracked')}
+  state = {
+      k: v
+      for k, v in state_dict.items()
+      if not k.endswith('num_batches_tracked')
+  }
   key_names = key_layout(name)
   hint = key_names.hint(state) if key_names.hint else ''
   classifier = f'{key_names.classifier}.weight'
   if classifier not in state:
-    raise ValueError(f'{name}: no classifier weight {classifier!r} in the '
-                     f'state dict.{hint}')
+    raise ValueError(
+        f'{name}: no classifier weight {classifier!r} in the '
+        f'state dict.{hint}'
+    )
   num_classes = int(np.shape(state[classifier])[0])
   layout = timm_layout(name, num_classes)
   missing = sorted(set(layout) - set(state))
   unexpected = sorted(set(state) - set(layout))
   mismatched = [
       f'{k}: got {tuple(np.shape(state[k]))}, expected {layout[k].torch_shape}'
-      for k in layout if k in state
-      and tuple(np.shape(state[k])) != layout[k].torch_shape]
+      for k in layout
+      if k in state and tuple(np.shape(state[k])) != layout[k].torch_shape
+  ]
   if missing or unexpected or mismatched:
     parts = [f'Cannot load this state dict into {name!r}:']
-    for title, items in (('missing keys', missing),
-                         ('unexpected keys', unexpected),
-                         ('shape mismatches', mismatched)):
+    for title, items in (
+        ('missing keys', missing),
+        ('unexpected keys', unexpected),
+        ('shape mismatches', mismatched),
+    ):
       if items:
         shown = ', '.join(items[:20]) + (' ...' if len(items) > 20 else '')
         parts.append(f'  {len(items)} {title}: {shown}')
@@ -307,7 +350,8 @@ def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
     for part in leaf.path[:-1]:
       node = node.setdefault(part, {})
     node[leaf.path[-1]] = np.ascontiguousarray(
-        leaf.from_torch(_to_numpy(state[key])))
+        leaf.from_torch(_to_numpy(state[key]))
+    )
   return variables
 
 
@@ -318,8 +362,9 @@ def to_timm(variables: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
   (including zero `num_batches_tracked` buffers).
   """
   params = variables['params']
-  num_classes = int(
-      np.shape(params['fc']['kernel'])[-1]) if 'fc' in params else 1000
+  num_classes = (
+      int(np.shape(params['fc']['kernel'])[-1]) if 'fc' in params else 1000
+  )
   state = {}
   for key, leaf in timm_layout(name, num_classes).items():
     node = variables[leaf.collection]
@@ -327,12 +372,15 @@ def to_timm(variables: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
       node = node[part]
     value = np.asarray(node)
     if value.shape != leaf.flax_shape:
-      raise ValueError(f'{name}: {leaf.collection}/{"/".join(leaf.path)} has '
-                       f'shape {value.shape}, expected {leaf.flax_shape}')
+      raise ValueError(
+          f'{name}: {leaf.collection}/{"/".join(leaf.path)} has '
+          f'shape {value.shape}, expected {leaf.flax_shape}'
+      )
     state[key] = np.ascontiguousarray(leaf.to_torch(value))
     if key.endswith('.running_var'):
-      state[key[:-len('running_var')] + 'num_batches_tracked'] = np.array(
-          0, np.int64)
+      state[key[: -len('running_var')] + 'num_batches_tracked'] = np.array(
+          0, np.int64
+      )
   return state
 
 
@@ -342,12 +390,15 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f'No checkpoint file at {path!r}')
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
+
     return load_file(path)
   try:
     import torch
   except ImportError as e:
-    raise ImportError(f'Reading {path!r} needs torch; convert it to '
-                      '.safetensors or install torch') from e
+    raise ImportError(
+        f'Reading {path!r} needs torch; convert it to '
+        '.safetensors or install torch'
+    ) from e
   state = torch.load(path, map_location='cpu', weights_only=True)
   for wrapper in ('state_dict', 'model', 'state_dict_ema'):
     if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -360,5 +411,7 @@ def load_timm_checkpoint(path: str, name: str, **overrides):
   """Reads a timm checkpoint file; returns `(model, variables)`."""
   variables = from_timm(load_state_dict(path), name)
   num_classes = variables['params']['fc']['kernel'].shape[-1]
-  return registry.create_model(name, num_classes=num_classes,
-                               **overrides), variables
+  return (
+      registry.create_model(name, num_classes=num_classes, **overrides),
+      variables,
+  )

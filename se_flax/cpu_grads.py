@@ -69,19 +69,35 @@ def _axis_taps(offset: int, stride: int, size: int, out: int):
   return first, last
 
 
-def _window_tap(x, offset_h: int, offset_w: int, stride: int,
-                out_hw: Tuple[int, int]):
+def _window_tap(
+    x, offset_h: int, offset_w: int, stride: int, out_hw: Tuple[int, int]
+):
   """`x[:, stride*i + offset_h, stride*j + offset_w, :]`, -inf outside x."""
   (i0, i1), (j0, j1) = (
       _axis_taps(offset_h, stride, x.shape[1], out_hw[0]),
-      _axis_taps(offset_w, stride, x.shape[2], out_hw[1]))
+      _axis_taps(offset_w, stride, x.shape[2], out_hw[1]),
+  )
   tap = lax.slice(
-      x, (0, stride * i0 + offset_h, stride * j0 + offset_w, 0),
-      (x.shape[0], stride * i1 + offset_h + 1, stride * j1 + offset_w + 1,
-       x.shape[3]), (1, stride, stride, 1))
-  return lax.pad(tap, jnp.array(-jnp.inf, x.dtype),
-                 ((0, 0, 0), (i0, out_hw[0] - 1 - i1, 0),
-                  (j0, out_hw[1] - 1 - j1, 0), (0, 0, 0)))
+      x,
+      (0, stride * i0 + offset_h, stride * j0 + offset_w, 0),
+      (
+          x.shape[0],
+          stride * i1 + offset_h + 1,
+          stride * j1 + offset_w + 1,
+          x.shape[3],
+      ),
+      (1, stride, stride, 1),
+  )
+  return lax.pad(
+      tap,
+      jnp.array(-jnp.inf, x.dtype),
+      (
+          (0, 0, 0),
+          (i0, out_hw[0] - 1 - i1, 0),
+          (j0, out_hw[1] - 1 - j1, 0),
+          (0, 0, 0),
+      ),
+  )
 
 
 def _winner_index(x, y, window: int, stride: int, pads: Pads):
@@ -99,8 +115,9 @@ def _winner_index(x, y, window: int, stride: int, pads: Pads):
     for dj in reversed(range(window)):
       row = stride * iota[1] + di - pads[0][0]
       col = stride * iota[2] + dj - pads[1][0]
-      tap = _window_tap(x, di - pads[0][0], dj - pads[1][0], stride,
-                        y.shape[1:3])
+      tap = _window_tap(
+          x, di - pads[0][0], dj - pads[1][0], stride, y.shape[1:3]
+      )
       inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
       flat = ((iota[0] * h + row) * w + col) * c + iota[3]
       index = jnp.where(tap == y, jnp.where(inside, flat, x.size), index)
@@ -128,8 +145,9 @@ def _max_pool_jvp(window, stride, pads, primals, tangents):
   return y, t_y
 
 
-def max_pool(x: jax.Array, window: int, stride: int,
-             pads: Sequence[Tuple[int, int]]) -> jax.Array:
+def max_pool(
+    x: jax.Array, window: int, stride: int, pads: Sequence[Tuple[int, int]]
+) -> jax.Array:
   """`nn.max_pool` (NHWC, square window, -inf `pads` on H and W) with the
   scatter-add gradient above."""
   pads = tuple(tuple(int(p) for p in pair) for pair in pads)
@@ -160,8 +178,9 @@ def normalize(x, mean, var, scale, bias, epsilon: float):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array,
-                     epsilon: float) -> jax.Array:
+def batch_norm_train(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> jax.Array:
   """BatchNorm of NHWC `x` with its own batch statistics (training mode)."""
   mean, var = batch_stats(x)
   return normalize(x, mean, var, scale, bias, epsilon)
@@ -187,10 +206,14 @@ def _batch_norm_bwd(epsilon, res, g):
   # dx = scale * inv * (g - mean(g) - x_hat * mean(g * x_hat)); the
   # variance's clip at 0 is ignored (it binds only for a constant channel,
   # where x_hat = 0 and both forms agree).
-  dx = (scale * inv) * (g - sum_g / count
-                        - (xf - mean) * (inv * d_scale / count))
-  return (dx.astype(x.dtype), d_scale.astype(scale.dtype),
-          sum_g.astype(scale.dtype))
+  dx = (scale * inv) * (
+      g - sum_g / count - (xf - mean) * (inv * d_scale / count)
+  )
+  return (
+      dx.astype(x.dtype),
+      d_scale.astype(scale.dtype),
+      sum_g.astype(scale.dtype),
+  )
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)

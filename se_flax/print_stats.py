@@ -1,7 +1,7 @@
 """Prints parameters and MACs of registered models as a markdown table.
 
-    python -m se_flax.print_stats                   # every model, 224 px
-    python -m se_flax.print_stats seresnet50 --image-size 288
+python -m se_flax.print_stats                   # every model, 224 px
+python -m se_flax.print_stats seresnet50 --image-size 288
 """
 
 import argparse

@@ -38,9 +38,10 @@ from typing import Optional
 # (PERFORMANCE.md, "XLA's own convolutions"). The list keeps the other
 # default YNN fusions (dots, reductions). Speed only: results change by
 # float rounding at most.
-CPU_XLA_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                   'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
-                   'LIBRARY_FUSION_TYPE_REDUCE'}
+CPU_XLA_OPTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+    'LIBRARY_FUSION_TYPE_REDUCE'
+}
 
 # mallopt() parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
@@ -49,14 +50,17 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 @dataclasses.dataclass(frozen=True)
 class RuntimeSettings:
   """What `configure` did. `platform`: the backend it expected."""
+
   platform: str
   allocator: str  # 'freed memory kept' | 'glibc default' | 'not glibc'
   xla_flags: str  # Flags it added to XLA_FLAGS ('' for none).
 
   def describe(self) -> str:
     flags = self.xla_flags or 'none added'
-    return (f'runtime for {self.platform}: malloc {self.allocator}; '
-            f'XLA_FLAGS {flags}')
+    return (
+        f'runtime for {self.platform}: malloc {self.allocator}; '
+        f'XLA_FLAGS {flags}'
+    )
 
 
 # The one record of what this process was configured with (process-wide
@@ -69,6 +73,7 @@ def backends_started() -> bool:
   if 'jax' not in sys.modules:
     return False
   from jax._src import xla_bridge
+
   return xla_bridge.backends_are_initialized()
 
 
@@ -81,6 +86,7 @@ def expected_platform() -> str:
   platforms = os.environ.get('JAX_PLATFORMS', '')
   if 'jax' in sys.modules:
     import jax
+
     platforms = jax.config.jax_platforms or platforms
   if platforms:
     return platforms.split(',')[0].strip().lower()
@@ -90,6 +96,7 @@ def expected_platform() -> str:
     return 'accelerator'
   if importlib.util.find_spec('jax_plugins') is not None:
     import jax_plugins
+
     if any(os.scandir(p) for p in jax_plugins.__path__):
       return 'accelerator'
   return 'cpu'
@@ -108,8 +115,12 @@ def keep_freed_memory() -> bool:
     return False
   mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
   # A trim threshold of -1 is SIZE_MAX: never trim (mallopt(3)).
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1),
-              (_M_TOP_PAD, 1 << 30))
+  settings = (
+      (_M_ARENA_MAX, 1),
+      (_M_MMAP_MAX, 0),
+      (_M_TRIM_THRESHOLD, -1),
+      (_M_TOP_PAD, 1 << 30),
+  )
   return all(mallopt(param, value) == 1 for param, value in settings)
 
 
@@ -127,8 +138,10 @@ def xla_knows_flag(name: str) -> bool:
     for entry in os.scandir(folder):
       if not entry.name.endswith('.so') or entry.stat().st_size == 0:
         continue
-      with open(entry.path, 'rb') as f, mmap.mmap(
-          f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+      with (
+          open(entry.path, 'rb') as f,
+          mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data,
+      ):
         if data.find(needle) >= 0:
           return True
   return False
@@ -136,8 +149,11 @@ def xla_knows_flag(name: str) -> bool:
 
 def _cpu_xla_flags() -> str:
   present = os.environ.get('XLA_FLAGS', '')
-  added = [f'--{name}={value}' for name, value in _known_cpu_options().items()
-           if f'--{name}=' not in present]
+  added = [
+      f'--{name}={value}'
+      for name, value in _known_cpu_options().items()
+      if f'--{name}=' not in present
+  ]
   if added:
     os.environ['XLA_FLAGS'] = ' '.join([present, *added]).strip()
   return ' '.join(added)
@@ -159,7 +175,8 @@ def configure(platform: Optional[str] = None) -> RuntimeSettings:
         'se_flax.configure_runtime() must run before JAX starts (before the '
         'first array, jit or device query). Restart the process and call it '
         'first; or start Python with XLA_FLAGS and GLIBC_TUNABLES set as '
-        'PERFORMANCE.md, "Page faults", shows.')
+        'PERFORMANCE.md, "Page faults", shows.'
+    )
   platform = platform or expected_platform()
   if platform != 'cpu':
     _applied = RuntimeSettings(platform, 'glibc default', '')
@@ -178,8 +195,11 @@ def current() -> Optional[RuntimeSettings]:
 def _known_cpu_options() -> dict:
   """`CPU_XLA_OPTIONS` that this jaxlib's XLA knows (all, or fewer once an
   experimental option is gone): one check for XLA_FLAGS and per-jit use."""
-  return {name: value for name, value in CPU_XLA_OPTIONS.items()
-          if xla_knows_flag(name)}
+  return {
+      name: value
+      for name, value in CPU_XLA_OPTIONS.items()
+      if xla_knows_flag(name)
+  }
 
 
 def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
@@ -191,8 +211,8 @@ def compiler_options(backend: Optional[str] = None) -> Optional[dict]:
   train loop gets them even where `configure` was not called.
   """
   import jax
+
   backend = backend or jax.default_backend()
   if backend == 'cpu' and _known_cpu_options():
     return dict(_known_cpu_options())
   return None
-

@@ -40,8 +40,8 @@ def _split(key: str) -> Tuple[str, str]:
 
 
 def _last_bn_modules(
-    bn_modules: Iterable[str], last_bn_names: Sequence[str],
-    block_re: str) -> set:
+    bn_modules: Iterable[str], last_bn_names: Sequence[str], block_re: str
+) -> set:
   """Returns the BN module paths that end a residual branch."""
   blocks = {}
   for module in bn_modules:
@@ -131,8 +131,8 @@ def random_state_dict(
 
 
 def random_images(
-    seed: int, batch: int, size: Union[int, Tuple[int, int]],
-    channels: int = 3) -> np.ndarray:
+    seed: int, batch: int, size: Union[int, Tuple[int, int]], channels: int = 3
+) -> np.ndarray:
   """Draws standard-normal images (about ImageNet-normalised scale).
 
   Args:
@@ -147,13 +147,14 @@ def random_images(
   """
   h, w = (size, size) if isinstance(size, int) else size
   rng = np.random.default_rng(
-      [seed, zlib.crc32(b'images'), batch, channels, h, w])
+      [seed, zlib.crc32(b'images'), batch, channels, h, w]
+  )
   return rng.standard_normal((batch, channels, h, w)).astype(np.float32)
 
 
 def state_dict_fingerprint(
-    state_dict: Dict[str, np.ndarray],
-    keys: Optional[Sequence[str]] = None) -> str:
+    state_dict: Dict[str, np.ndarray], keys: Optional[Sequence[str]] = None
+) -> str:
   """Returns a sha256 of names, shapes, dtypes and bytes of the arrays.
 
   Stored in the fixtures to detect a change in numpy's random streams.

@@ -33,6 +33,7 @@ def full_optimization():
   """Compiles with all of XLA's passes, for tests that read optimised HLO
   (the session otherwise disables most of them, for speed)."""
   import jax
+
   before = jax.config.read('jax_disable_most_optimizations')
   jax.config.update('jax_disable_most_optimizations', False)
   yield

@@ -16,11 +16,13 @@ import se_flax
 from se_flax import layers, model_stats
 from se_flax.models import inception, shufflenet
 
-PAIRS = [('bn_inception', 'se_bn_inception'),
-         ('inception_resnet_v2', 'se_inception_resnet_v2'),
-         ('vgg16_bn', 'se_vgg16_bn'),
-         ('mobilenetv1_100', 'se_mobilenetv1_100'),
-         ('shufflenet_g3', 'se_shufflenet_g3')]
+PAIRS = [
+    ('bn_inception', 'se_bn_inception'),
+    ('inception_resnet_v2', 'se_inception_resnet_v2'),
+    ('vgg16_bn', 'se_vgg16_bn'),
+    ('mobilenetv1_100', 'se_mobilenetv1_100'),
+    ('shufflenet_g3', 'se_shufflenet_g3'),
+]
 # Paper protocol: Inception-ResNet-v2 at 299 px, everything else at 224.
 SIZE = {'inception_resnet_v2': 299, 'se_inception_resnet_v2': 299}
 
@@ -53,7 +55,12 @@ def test_se_bn_inception_is_the_prototxt():
   # docs/architectures.md, Counts: exact.
   s = _stats('se_bn_inception')
   assert (s.params, s.se_params, s.macs, s.se_macs, s.batch_stats) == (
-      11_931_622, 646_398, 2_033_239_424, 639_360, 20_032)
+      11_931_622,
+      646_398,
+      2_033_239_424,
+      639_360,
+      20_032,
+  )
   plain = _stats('bn_inception')
   assert (plain.params, plain.macs) == (11_285_224, 2_033_239_424 - 639_360)
   # Paper Table 2: 2.03 GFLOPs (BN-Inception); SE-BN-Inception's printed
@@ -67,9 +74,11 @@ def test_inception_resnet_v2_is_timm():
   # timm's figure (13.16 GMACs at 299); the paper's 11.75 is unexplained.
   assert round(s.macs / 1e9, 2) == 13.16
   se = _stats('se_inception_resnet_v2')
+
   # 40 residual blocks gated: 10 x C=320, 20 x 1088, 10 x 2080 (C // 16).
   def unit(c):
     return 2 * c * (c // 16) + c // 16 + c
+
   assert se.se_params == 10 * unit(320) + 20 * unit(1088) + 10 * unit(2080)
   # Paper Table 2: 11.75 -> 11.76, +0.01 G: the SE FCs (the gating multiply
   # would make it +0.02).
@@ -82,8 +91,9 @@ def test_vgg16_bn_matches_the_paper():
   assert round(plain.macs / 1e9, 2) == 15.47  # Table 2: 15.47.
   assert round(_gflops_paper(se) / 1e9, 2) == 15.48  # Table 2: 15.48.
   # SE after each of the 13 convs: 2 x 64, 2 x 128, 3 x 256, 6 x 512.
-  assert se.se_macs == sum(2 * c * c // 16 for c in
-                           [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6)
+  assert se.se_macs == sum(
+      2 * c * c // 16 for c in [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+  )
 
 
 def test_mobilenet_matches_table_3():
@@ -124,17 +134,31 @@ def test_plain_twin_is_the_se_model_without_se(plain, with_se):
 def _param_shapes(name, size=224, **overrides):
   model = se_flax.create_model(name, **overrides)
   x = jnp.zeros((1, size, size, 3))
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), x, train=False))['params']
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))[
+      'params'
+  ]
 
 
 def test_se_bn_inception_has_one_se_per_module_with_c_over_16():
   params = _param_shapes('se_bn_inception')
-  widths = [params[name]['se']['fc1']['kernel'].shape
-            for name in params if 'se' in params[name]]
+  widths = [
+      params[name]['se']['fc1']['kernel'].shape
+      for name in params
+      if 'se' in params[name]
+  ]
   assert [w[1] for w in widths] == [16, 20, 36, 36, 36, 38, 38, 66, 64, 64]
-  assert [w[0] for w in widths] == [256, 320, 576, 576, 576, 608, 608, 1056,
-                                    1024, 1024]
+  assert [w[0] for w in widths] == [
+      256,
+      320,
+      576,
+      576,
+      576,
+      608,
+      608,
+      1056,
+      1024,
+      1024,
+  ]
 
 
 def _closed(variables, path=('se',)):
@@ -155,8 +179,7 @@ _EVAL_NORM = layers.batch_norm(train=False)
 # Compiled once rather than op by op: on 2 CPU cores eager mode spends its
 # time compiling each primitive of these many-shaped small networks.
 def _init(module, x, **kwargs):
-  return jax.jit(functools.partial(module.init, **kwargs))(
-      jax.random.key(1), x)
+  return jax.jit(functools.partial(module.init, **kwargs))(jax.random.key(1), x)
 
 
 def _apply(module, variables, x, **kwargs):
@@ -165,7 +188,8 @@ def _apply(module, variables, x, **kwargs):
 
 def test_se_gates_the_whole_bn_inception_module():
   module = inception.BNInceptionModule(
-      64, (64, 64), (64, 96), 'avg', 32, 1, layers.Conv2d, _EVAL_NORM, _SE)
+      64, (64, 64), (64, 96), 'avg', 32, 1, layers.Conv2d, _EVAL_NORM, _SE
+  )
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 32))
   variables = _init(module, x)
   # No residual: a closed gate zeroes all 256 concatenated channels.
@@ -174,31 +198,38 @@ def test_se_gates_the_whole_bn_inception_module():
   np.testing.assert_array_equal(out, 0.0)
 
 
-@pytest.mark.parametrize('kind,scale,activate', [
-    ('block17', 0.10, True), ('block8', 1.0, False)])
-def test_irv2_se_sits_on_the_branch_before_the_scaled_sum(kind, scale,
-                                                          activate):
-  block = inception.InceptionResBlock(kind, scale, activate, layers.Conv2d,
-                                      _EVAL_NORM, _SE)
+@pytest.mark.parametrize(
+    'kind,scale,activate', [('block17', 0.10, True), ('block8', 1.0, False)]
+)
+def test_irv2_se_sits_on_the_branch_before_the_scaled_sum(
+    kind, scale, activate
+):
+  block = inception.InceptionResBlock(
+      kind, scale, activate, layers.Conv2d, _EVAL_NORM, _SE
+  )
   x = jax.random.normal(jax.random.key(2), (2, 5, 5, 64))
   variables = _init(block, x)
-  out, state = _apply(block, variables, x, capture_intermediates=True,
-                      mutable=['intermediates'])
+  out, state = _apply(
+      block, variables, x, capture_intermediates=True, mutable=['intermediates']
+  )
   inter = state['intermediates']
   projection = inter['conv2d']['__call__'][0]
   gate = inter['se']['gate'][0]
   gated = inter['se']['__call__'][0]
   # SE takes the unscaled projection (the whole non-identity branch) ...
-  np.testing.assert_allclose(gated, projection * gate[:, None, None, :],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      gated, projection * gate[:, None, None, :], rtol=1e-6
+  )
   # ... and the residual scale and the sum come after it.
   expected = x + scale * gated
-  np.testing.assert_allclose(out, jax.nn.relu(expected) if activate
-                             else expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      out, jax.nn.relu(expected) if activate else expected, rtol=1e-5, atol=1e-5
+  )
   # A closed gate leaves the identity path alone.
   closed = _apply(block, _closed(variables), x)
-  np.testing.assert_allclose(closed, jax.nn.relu(x) if activate else x,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      closed, jax.nn.relu(x) if activate else x, atol=1e-6
+  )
 
 
 def test_irv2_has_se_on_residual_blocks_only():
@@ -206,15 +237,31 @@ def test_irv2_has_se_on_residual_blocks_only():
   gated = sorted(name for name in params if 'se' in params[name])
   assert len(gated) == 40
   assert all(name.startswith('block') for name in gated)
-  assert not any('se' in params[name] for name in
-                 ('mixed_5b', 'mixed_6a', 'mixed_7a', 'conv2d_7b'))
+  assert not any(
+      'se' in params[name]
+      for name in ('mixed_5b', 'mixed_6a', 'mixed_7a', 'conv2d_7b')
+  )
 
 
-@pytest.mark.parametrize('name,small,unit,act,norm_name', [
-    ('se_vgg16_bn', dict(stages=((8,), (16, 16)), head_width=16), 'conv2_2',
-     jax.nn.relu, 'bn'),
-    ('se_mobilenetv1_100', dict(stages=((16,), (32, 32))), 'stage1_block1',
-     jax.nn.relu6, 'bn2')])
+@pytest.mark.parametrize(
+    'name,small,unit,act,norm_name',
+    [
+        (
+            'se_vgg16_bn',
+            dict(stages=((8,), (16, 16)), head_width=16),
+            'conv2_2',
+            jax.nn.relu,
+            'bn',
+        ),
+        (
+            'se_mobilenetv1_100',
+            dict(stages=((16,), (32, 32))),
+            'stage1_block1',
+            jax.nn.relu6,
+            'bn2',
+        ),
+    ],
+)
 def test_se_follows_the_non_linearity(name, small, unit, act, norm_name):
   # paper §6: "after the non-linearity following each conv" (VGG); the same
   # for MobileNet's blocks, after the pointwise conv's ReLU6.
@@ -223,20 +270,30 @@ def test_se_follows_the_non_linearity(name, small, unit, act, norm_name):
   model = se_flax.create_model(name, num_classes=10, **small)
   x = jax.random.normal(jax.random.key(4), (1, 32, 32, 3))
   variables = _init(model, x, train=False)
-  _, state = _apply(model, variables, x, train=False,
-                    capture_intermediates=True, mutable=['intermediates'])
+  _, state = _apply(
+      model,
+      variables,
+      x,
+      train=False,
+      capture_intermediates=True,
+      mutable=['intermediates'],
+  )
   inter = state['intermediates'][unit]
   normed = inter[norm_name]['__call__'][0]
   gate = inter['se']['gate'][0]
-  np.testing.assert_allclose(inter['se']['__call__'][0],
-                             act(normed) * gate[:, None, None, :], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      inter['se']['__call__'][0],
+      act(normed) * gate[:, None, None, :],
+      rtol=1e-5,
+      atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize('strides', [1, 2])
 def test_shufflenet_se_gates_the_branch_only(strides):
-  unit = shufflenet.ShuffleUnit(240, strides, 3, True, layers.Conv2d,
-                                _EVAL_NORM, _SE)
+  unit = shufflenet.ShuffleUnit(
+      240, strides, 3, True, layers.Conv2d, _EVAL_NORM, _SE
+  )
   in_features = 240 if strides == 1 else 48
   x = jax.random.normal(jax.random.key(6), (2, 8, 8, in_features))
   variables = _init(unit, x)
@@ -255,16 +312,19 @@ def test_shufflenet_se_gates_the_branch_only(strides):
 def test_channel_shuffle_interleaves_the_groups():
   x = jnp.arange(6.0).reshape(1, 1, 1, 6)
   np.testing.assert_array_equal(
-      shufflenet.channel_shuffle(x, 3)[0, 0, 0], [0, 2, 4, 1, 3, 5])
+      shufflenet.channel_shuffle(x, 3)[0, 0, 0], [0, 2, 4, 1, 3, 5]
+  )
 
 
 def test_bn_inception_refuses_a_size_caffe_cannot_concat():
   # 200 px: inception_3c sees 25x25; conv branches give 13, the pool 12.
   model = se_flax.create_model('bn_inception')
   with pytest.raises(ValueError, match='inception_3c'):
-    jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                      jnp.zeros((1, 200, 200, 3)),
-                                      train=False))
+    jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), jnp.zeros((1, 200, 200, 3)), train=False
+        )
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -272,34 +332,55 @@ def test_bn_inception_refuses_a_size_caffe_cannot_concat():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('name,size,overrides', [
-    ('se_bn_inception', 64, {}),
-    ('se_inception_resnet_v2', 75, dict(repeats=(1, 1, 1))),
-    ('se_vgg16_bn', 32, {}),
-    ('se_mobilenetv1_100', 32, {}),
-    ('se_shufflenet_g3', 32, {})])
+@pytest.mark.parametrize(
+    'name,size,overrides',
+    [
+        ('se_bn_inception', 64, {}),
+        ('se_inception_resnet_v2', 75, dict(repeats=(1, 1, 1))),
+        ('se_vgg16_bn', 32, {}),
+        ('se_mobilenetv1_100', 32, {}),
+        ('se_shufflenet_g3', 32, {}),
+    ],
+)
 def test_every_family_keeps_the_call_contract(name, size, overrides):
-  model = se_flax.create_model(name, num_classes=7, drop_rate=0.5,
-                               bn_momentum=0.8, dtype=jnp.bfloat16,
-                               **overrides)
+  model = se_flax.create_model(
+      name,
+      num_classes=7,
+      drop_rate=0.5,
+      bn_momentum=0.8,
+      dtype=jnp.bfloat16,
+      **overrides,
+  )
   x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), x, train=False))
+      lambda: model.init(jax.random.key(0), x, train=False)
+  )
   logits, updates = jax.eval_shape(
-      lambda v: model.apply(v, x, train=True, mutable=['batch_stats'],
-                            rngs={'dropout': jax.random.key(1)}), variables)
+      lambda v: model.apply(
+          v,
+          x,
+          train=True,
+          mutable=['batch_stats'],
+          rngs={'dropout': jax.random.key(1)},
+      ),
+      variables,
+  )
   assert logits.shape == (2, 7) and logits.dtype == jnp.float32
   assert jax.tree_util.tree_structure(updates['batch_stats']) == (
-      jax.tree_util.tree_structure(variables['batch_stats']))
+      jax.tree_util.tree_structure(variables['batch_stats'])
+  )
   assert {p.dtype for p in jax.tree_util.tree_leaves(variables)} == {
-      jnp.dtype(jnp.float32)}
+      jnp.dtype(jnp.float32)
+  }
   with pytest.raises(ValueError, match='NHWC'):
     model.init(jax.random.key(0), jnp.zeros((1, 3, size, size)), train=False)
+
   # layer_impl reaches every convolution: with 'xla' forward-mode autodiff
   # traces (a CPU custom-VJP 1x1 conv left on 'auto' would refuse it).
   def forward_mode(m):  # Lowered, not compiled: the check is at lowering.
     apply = lambda v: m.apply(v, x, train=False)
     return jax.jit(lambda v: jax.jvp(apply, (v,), (v,))).lower(variables)
+
   forward_mode(model.clone(layer_impl='xla'))
   if jax.default_backend() == 'cpu':
     with pytest.raises(TypeError, match='custom_vjp'):
@@ -308,21 +389,30 @@ def test_every_family_keeps_the_call_contract(name, size, overrides):
 
 def test_train_mode_updates_bn_and_bf16_tracks_fp32():
   # A short ShuffleNet: both unit kinds (strided concat, residual add).
-  small = functools.partial(se_flax.create_model, 'se_shufflenet_g3',
-                            num_classes=10, stage_sizes=(1, 2, 1))
+  small = functools.partial(
+      se_flax.create_model,
+      'se_shufflenet_g3',
+      num_classes=10,
+      stage_sizes=(1, 2, 1),
+  )
   model = small()
   x = jax.random.normal(jax.random.key(8), (4, 32, 32, 3))
   variables = _init(model, x, train=False)
-  logits, updates = _apply(model, variables, x, train=True,
-                           mutable=['batch_stats'])
+  logits, updates = _apply(
+      model, variables, x, train=True, mutable=['batch_stats']
+  )
   assert logits.dtype == jnp.float32
   # Every BN's statistics move (a BN fed by a BN-normalised linear map has a
   # zero batch mean, so its mean may not: test the pair).
   old, new = variables['batch_stats'], updates['batch_stats']
   moved = jax.tree_util.tree_map(
-      lambda a, b: not (np.allclose(a['mean'], b['mean']) and
-                        np.allclose(a['var'], b['var'])),
-      old, new, is_leaf=lambda n: isinstance(n, dict) and 'mean' in n)
+      lambda a, b: not (
+          np.allclose(a['mean'], b['mean']) and np.allclose(a['var'], b['var'])
+      ),
+      old,
+      new,
+      is_leaf=lambda n: isinstance(n, dict) and 'mean' in n,
+  )
   assert all(jax.tree_util.tree_leaves(moved))
   fp32 = _apply(model, variables, x, train=False)
   bf16 = _apply(small(dtype=jnp.bfloat16), variables, x, train=False)

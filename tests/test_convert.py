@@ -20,8 +20,9 @@ def _timm_state(name):
   return testing.random_state_dict(meta['keys'], meta['seed'])
 
 
-@pytest.mark.parametrize('name', ['legacy_seresnet18', 'seresnet50',
-                                  'senet154'])
+@pytest.mark.parametrize(
+    'name', ['legacy_seresnet18', 'seresnet50', 'senet154']
+)
 def test_round_trip_is_lossless(name):
   state = _timm_state(name)
   variables = convert.from_timm(state, name)
@@ -37,23 +38,32 @@ def test_layouts():
   v = convert.from_timm(state, 'legacy_seresnet50')
   p, s = v['params'], v['batch_stats']
   w = state['layer2.0.conv2.weight']  # (128, 128, 3, 3) OIHW.
-  np.testing.assert_array_equal(p['stage2_block0']['conv2']['kernel'],
-                                w.transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      p['stage2_block0']['conv2']['kernel'], w.transpose(2, 3, 1, 0)
+  )
   fc1 = state['layer2.0.se_module.fc1.weight']  # (32, 512, 1, 1).
-  np.testing.assert_array_equal(p['stage2_block0']['se']['fc1']['kernel'],
-                                fc1[:, :, 0, 0].T)
-  np.testing.assert_array_equal(p['fc']['kernel'],
-                                state['last_linear.weight'].T)
-  np.testing.assert_array_equal(s['stem']['bn1']['var'],
-                                state['layer0.bn1.running_var'])
+  np.testing.assert_array_equal(
+      p['stage2_block0']['se']['fc1']['kernel'], fc1[:, :, 0, 0].T
+  )
+  np.testing.assert_array_equal(
+      p['fc']['kernel'], state['last_linear.weight'].T
+  )
+  np.testing.assert_array_equal(
+      s['stem']['bn1']['var'], state['layer0.bn1.running_var']
+  )
   assert p['stage2_block0']['downsample_conv']['kernel'].shape == (
-      1, 1, 256, 512)
+      1,
+      1,
+      256,
+      512,
+  )
 
 
 def test_num_classes_comes_from_the_weights():
   model = se_flax.create_model('seresnet_tiny', num_classes=7)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                         train=False)
+  variables = model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
   state = convert.to_timm(variables, 'seresnet_tiny')
   assert state['fc.weight'].shape == (7, 128)
   back = convert.from_timm(state, 'seresnet_tiny')
@@ -80,18 +90,22 @@ def test_mismatch_lists_missing_unexpected_and_shapes():
   assert '1 missing keys: layer1.0.conv1.weight' in text
   assert '1 unexpected keys: layer9.0.conv1.weight' in text
   # timm's seresnet18 rounds layer1's SE width up to 8 (docs/architectures.md, The SE unit).
-  assert 'layer1.1.se.fc1.weight: got (4, 64, 1, 1), expected (8, 64, 1, 1)' \
+  assert (
+      'layer1.1.se.fc1.weight: got (4, 64, 1, 1), expected (8, 64, 1, 1)'
       in text
+  )
 
 
 def test_safetensors_file(tmp_path):
   from safetensors.numpy import save_file
+
   state = _timm_state('legacy_seresnet18')
   path = str(tmp_path / 'weights.safetensors')
   save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, path)
   model, variables = convert.load_timm_checkpoint(path, 'legacy_seresnet18')
   assert model.num_classes == 1000
   np.testing.assert_array_equal(
-      variables['params']['fc']['kernel'], state['last_linear.weight'].T)
+      variables['params']['fc']['kernel'], state['last_linear.weight'].T
+  )
   with pytest.raises(FileNotFoundError):
     convert.load_state_dict(str(tmp_path / 'missing.safetensors'))

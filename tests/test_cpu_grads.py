@@ -19,16 +19,21 @@ def _ties(shape, key, dtype=jnp.float32):
   return (jnp.round(x * 2) / 2).astype(dtype)
 
 
-@pytest.mark.parametrize('size,window,stride,pads', [
-    (12, 3, 2, ((1, 1), (1, 1))),   # ResNet stem (torchvision)
-    (13, 3, 2, ((0, 1), (0, 1))),   # Caffe ceil mode: bottom/right only
-    (9, 3, 1, ((1, 1), (1, 1))),    # Inception branch pool
-    (10, 2, 2, ((0, 0), (0, 0)))])  # VGG
+@pytest.mark.parametrize(
+    'size,window,stride,pads',
+    [
+        (12, 3, 2, ((1, 1), (1, 1))),  # ResNet stem (torchvision)
+        (13, 3, 2, ((0, 1), (0, 1))),  # Caffe ceil mode: bottom/right only
+        (9, 3, 1, ((1, 1), (1, 1))),  # Inception branch pool
+        (10, 2, 2, ((0, 0), (0, 0))),
+    ],
+)  # VGG
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_max_pool_rule_equals_xla(size, window, stride, pads, dtype):
   x = _ties((2, size, size + 1, 5), 0, dtype)
-  plain = lambda x: nn.max_pool(x, (window, window), (stride, stride),
-                                padding=pads)
+  plain = lambda x: nn.max_pool(
+      x, (window, window), (stride, stride), padding=pads
+  )
   rule = lambda x: cpu_grads.max_pool(x, window, stride, pads)
   y, vjp = jax.vjp(rule, x)
   y_ref, vjp_ref = jax.vjp(plain, x)
@@ -54,27 +59,37 @@ def test_max_pool_rule_with_infinite_windows():
   # gradient (no index outside x).
   x = jnp.full((1, 5, 5, 2), -jnp.inf).at[0, 3, 3, 0].set(1.0)
   pads = ((1, 1), (1, 1))
-  loss = lambda pool: lambda x: jnp.sum(pool(x) * jnp.arange(1.0, 19.0)
-                                        .reshape(1, 3, 3, 2))
+  loss = lambda pool: lambda x: jnp.sum(
+      pool(x) * jnp.arange(1.0, 19.0).reshape(1, 3, 3, 2)
+  )
   dx = jax.jit(jax.grad(loss(lambda x: cpu_grads.max_pool(x, 3, 2, pads))))(x)
-  ref = jax.grad(loss(lambda x: nn.max_pool(x, (3, 3), (2, 2),
-                                            padding=pads)))(x)
+  ref = jax.grad(loss(lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=pads)))(
+      x
+  )
   np.testing.assert_array_equal(dx, ref)
 
 
 def _bn_pair(train, dtype, x):
-  ours = layers.BatchNorm(use_running_average=not train, dtype=dtype,
-                          momentum=0.9, epsilon=1e-5)
-  flax_bn = nn.BatchNorm(use_running_average=not train, dtype=dtype,
-                         momentum=0.9, epsilon=1e-5)
+  ours = layers.BatchNorm(
+      use_running_average=not train, dtype=dtype, momentum=0.9, epsilon=1e-5
+  )
+  flax_bn = nn.BatchNorm(
+      use_running_average=not train, dtype=dtype, momentum=0.9, epsilon=1e-5
+  )
   shapes = lambda v: jax.tree_util.tree_map(jnp.shape, v)
-  assert (shapes(ours.init(jax.random.key(0), x))
-          == shapes(flax_bn.init(jax.random.key(0), x)))
+  assert shapes(ours.init(jax.random.key(0), x)) == shapes(
+      flax_bn.init(jax.random.key(0), x)
+  )
   variables = {
-      'params': {'scale': jax.random.uniform(jax.random.key(2), (5,)) + 0.5,
-                 'bias': jax.random.normal(jax.random.key(3), (5,))},
-      'batch_stats': {'mean': jnp.arange(5.0) / 10,
-                      'var': jnp.arange(1.0, 6.0)}}
+      'params': {
+          'scale': jax.random.uniform(jax.random.key(2), (5,)) + 0.5,
+          'bias': jax.random.normal(jax.random.key(3), (5,)),
+      },
+      'batch_stats': {
+          'mean': jnp.arange(5.0) / 10,
+          'var': jnp.arange(1.0, 6.0),
+      },
+  }
   return ours, flax_bn, variables
 
 
@@ -84,8 +99,9 @@ def test_batch_norm_is_flax_batch_norm_bit_for_bit(train, dtype):
   x = (jax.random.normal(jax.random.key(1), (4, 6, 7, 5)) * 3 + 1).astype(dtype)
   ours, flax_bn, variables = _bn_pair(train, dtype, x)
   for impl in ('auto', 'xla'):
-    y, stats = ours.clone(impl=impl).apply(variables, x,
-                                           mutable=['batch_stats'])
+    y, stats = ours.clone(impl=impl).apply(
+        variables, x, mutable=['batch_stats']
+    )
     y_ref, stats_ref = flax_bn.apply(variables, x, mutable=['batch_stats'])
     assert y.dtype == y_ref.dtype == dtype
     np.testing.assert_array_equal(y, y_ref)
@@ -100,17 +116,24 @@ def test_batch_norm_gradient_rule_equals_autodiff(dtype):
 
   def grads(module):
     def loss(params, x):
-      y, _ = module.apply({**variables, 'params': params}, x,
-                          mutable=['batch_stats'])
+      y, _ = module.apply(
+          {**variables, 'params': params}, x, mutable=['batch_stats']
+      )
       return jnp.sum(jax.nn.relu(y.astype(jnp.float32)) * g)
+
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables['params'], x)
 
   ref = grads(flax_bn)
   tol = 2e-5 if dtype == jnp.float32 else 2e-2
   for impl in ('auto', 'xla'):
     got = grads(ours.clone(impl=impl))
-    for a, b in zip(jax.tree_util.tree_leaves(got),
-                    jax.tree_util.tree_leaves(ref)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)
+    ):
       assert a.dtype == b.dtype
-      np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol,
-                                 atol=tol * float(jnp.max(jnp.abs(b))))
+      np.testing.assert_allclose(
+          np.float32(a),
+          np.float32(b),
+          rtol=tol,
+          atol=tol * float(jnp.max(jnp.abs(b))),
+      )

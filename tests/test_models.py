@@ -12,24 +12,47 @@ from se_flax import layers
 from se_flax.models import resnet
 
 TIMM_NAMES = [
-    'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152',
-    'resnext50_32x4d', 'resnext101_32x4d', 'seresnet18', 'seresnet34',
-    'seresnet50', 'seresnet101', 'seresnet152', 'seresnext50_32x4d',
-    'seresnext101_32x4d', 'legacy_seresnet18', 'legacy_seresnet34',
-    'legacy_seresnet50', 'legacy_seresnet101', 'legacy_seresnet152',
-    'legacy_seresnext26_32x4d', 'legacy_seresnext50_32x4d',
-    'legacy_seresnext101_32x4d', 'legacy_senet154', 'senet154']
+    'resnet18',
+    'resnet34',
+    'resnet50',
+    'resnet101',
+    'resnet152',
+    'resnext50_32x4d',
+    'resnext101_32x4d',
+    'seresnet18',
+    'seresnet34',
+    'seresnet50',
+    'seresnet101',
+    'seresnet152',
+    'seresnext50_32x4d',
+    'seresnext101_32x4d',
+    'legacy_seresnet18',
+    'legacy_seresnet34',
+    'legacy_seresnet50',
+    'legacy_seresnet101',
+    'legacy_seresnet152',
+    'legacy_seresnext26_32x4d',
+    'legacy_seresnext50_32x4d',
+    'legacy_seresnext101_32x4d',
+    'legacy_senet154',
+    'senet154',
+]
 
 
 def test_registry_has_every_timm_name_and_paper_alias():
   names = set(se_flax.list_models())
   assert set(TIMM_NAMES) <= names
-  assert {'se_resnet50', 'se_resnet101', 'se_resnet152', 'se_resnext50_32x4d',
-          'se_resnext101_32x4d'} <= names
+  assert {
+      'se_resnet50',
+      'se_resnet101',
+      'se_resnet152',
+      'se_resnext50_32x4d',
+      'se_resnext101_32x4d',
+  } <= names
 
 
 def test_unknown_names_and_fields_fail_clearly():
-  with pytest.raises(ValueError, match="Did you mean.*seresnet50"):
+  with pytest.raises(ValueError, match='Did you mean.*seresnet50'):
     se_flax.create_model('seresnet5')
   with pytest.raises(ValueError, match='unknown fields.*reducton'):
     se_flax.create_model('seresnet50', reducton=8)
@@ -40,12 +63,19 @@ def test_unknown_names_and_fields_fail_clearly():
 
 
 def test_overrides_reach_the_module():
-  model = se_flax.create_model('se_resnet50', num_classes=10,
-                               se={'reduction': 8, 'gate': 'tanh'},
-                               se_stages=(3, 4), dtype=jnp.bfloat16)
+  model = se_flax.create_model(
+      'se_resnet50',
+      num_classes=10,
+      se={'reduction': 8, 'gate': 'tanh'},
+      se_stages=(3, 4),
+      dtype=jnp.bfloat16,
+  )
   assert model.num_classes == 10 and model.se_stages == (3, 4)
-  assert model.se.keywords == {'hidden_rule': 'floor', 'reduction': 8,
-                               'gate': 'tanh'}
+  assert model.se.keywords == {
+      'hidden_rule': 'floor',
+      'reduction': 8,
+      'gate': 'tanh',
+  }
   assert se_flax.create_model('se_resnet50', se=None).se is None
   assert se_flax.create_model('resnet50', se=True).se is not None
 
@@ -62,13 +92,19 @@ def tiny_batch():
 def test_train_mode_updates_batch_stats_and_eval_does_not(tiny_batch):
   model = _tiny(drop_rate=0.5)
   variables = model.init(jax.random.key(1), tiny_batch, train=False)
-  logits, updates = model.apply(variables, tiny_batch, train=True,
-                                mutable=['batch_stats'],
-                                rngs={'dropout': jax.random.key(2)})
+  logits, updates = model.apply(
+      variables,
+      tiny_batch,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': jax.random.key(2)},
+  )
   assert logits.shape == (4, 7) and logits.dtype == jnp.float32
-  changed = jax.tree_util.tree_map(lambda a, b: not np.allclose(a, b),
-                                   variables['batch_stats'],
-                                   updates['batch_stats'])
+  changed = jax.tree_util.tree_map(
+      lambda a, b: not np.allclose(a, b),
+      variables['batch_stats'],
+      updates['batch_stats'],
+  )
   assert all(jax.tree_util.tree_leaves(changed))
   a = model.apply(variables, tiny_batch, train=False)
   b = model.apply(variables, tiny_batch, train=False)
@@ -80,9 +116,13 @@ def test_every_parameter_gets_a_gradient(tiny_batch):
   variables = model.init(jax.random.key(1), tiny_batch, train=False)
 
   def loss(params):
-    logits, _ = model.apply({**variables, 'params': params}, tiny_batch,
-                            train=True, mutable=['batch_stats'])
-    return jnp.mean(logits ** 2)
+    logits, _ = model.apply(
+        {**variables, 'params': params},
+        tiny_batch,
+        train=True,
+        mutable=['batch_stats'],
+    )
+    return jnp.mean(logits**2)
 
   grads = jax.grad(loss)(variables['params'])
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
@@ -98,19 +138,25 @@ def test_layer_impl_changes_speed_not_the_function(tiny_batch):
   variables = auto.init(jax.random.key(1), tiny_batch, train=False)
 
   def loss(model, params):
-    logits, _ = model.apply({**variables, 'params': params}, tiny_batch,
-                            train=True, mutable=['batch_stats'])
-    return jnp.mean(logits ** 2)
+    logits, _ = model.apply(
+        {**variables, 'params': params},
+        tiny_batch,
+        train=True,
+        mutable=['batch_stats'],
+    )
+    return jnp.mean(logits**2)
 
   grad = lambda model: jax.jit(jax.grad(functools.partial(loss, model)))
   g_auto = grad(auto)(variables['params'])
   g_xla = grad(xla)(variables['params'])
-  for a, b in zip(jax.tree_util.tree_leaves(g_auto),
-                  jax.tree_util.tree_leaves(g_xla)):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(g_auto), jax.tree_util.tree_leaves(g_xla)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   tangent = jax.tree_util.tree_map(jnp.ones_like, variables['params'])
-  _, jvp = jax.jit(lambda p, t: jax.jvp(functools.partial(loss, xla), (p,),
-                                        (t,)))(variables['params'], tangent)
+  _, jvp = jax.jit(
+      lambda p, t: jax.jvp(functools.partial(loss, xla), (p,), (t,))
+  )(variables['params'], tangent)
   assert np.isfinite(float(jvp))
   with pytest.raises(ValueError, match='layer_impl must be one of'):
     se_flax.create_model('seresnet_tiny', layer_impl='cudnn')
@@ -120,7 +166,8 @@ def test_bf16_compute_keeps_fp32_params_and_logits(tiny_batch):
   model = _tiny(dtype=jnp.bfloat16)
   variables = model.init(jax.random.key(1), tiny_batch, train=False)
   assert {p.dtype for p in jax.tree_util.tree_leaves(variables)} == {
-      jnp.dtype(jnp.float32)}
+      jnp.dtype(jnp.float32)
+  }
   logits_bf16 = model.apply(variables, tiny_batch, train=False)
   logits_fp32 = _tiny().apply(variables, tiny_batch, train=False)
   assert logits_bf16.dtype == jnp.float32
@@ -129,11 +176,14 @@ def test_bf16_compute_keeps_fp32_params_and_logits(tiny_batch):
 
 def test_zero_init_last_bn():
   shapes = jax.eval_shape(
-      lambda: _tiny().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                           train=False))
+      lambda: _tiny().init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+  )
   del shapes  # Shapes only; values need a real init below.
-  variables = _tiny().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                           train=False)
+  variables = _tiny().init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
   block = variables['params']['stage2_block0']
   assert float(jnp.abs(block['bn2']['scale']).max()) == 0.0
   assert float(jnp.abs(block['bn1']['scale']).min()) == 1.0
@@ -147,20 +197,28 @@ def test_nchw_input_is_refused():
 def _block(se_position, planes=32):
   conv = functools.partial(layers.Conv2d)
   return resnet.Block(
-      planes=planes, bottleneck=True, width=planes, conv1_width=planes,
-      strides=1, stride_on='3x3', groups=1, downsample_kernel=1,
-      relu_before_se=False, zero_init_last_bn=False, conv=conv,
+      planes=planes,
+      bottleneck=True,
+      width=planes,
+      conv1_width=planes,
+      strides=1,
+      stride_on='3x3',
+      groups=1,
+      downsample_kernel=1,
+      relu_before_se=False,
+      zero_init_last_bn=False,
+      conv=conv,
       norm=layers.batch_norm(train=False),
       se=functools.partial(layers.SqueezeExcite, reduction=4),
-      se_position=se_position)
+      se_position=se_position,
+  )
 
 
 def _closed_gate(variables):
   """Sets the SE gate to sigmoid(-1e4) = 0 through fc2's bias."""
   params = jax.tree_util.tree_map(lambda x: x, variables['params'])
   params['se']['fc2']['kernel'] = jnp.zeros_like(params['se']['fc2']['kernel'])
-  params['se']['fc2']['bias'] = jnp.full_like(params['se']['fc2']['bias'],
-                                              -1e4)
+  params['se']['fc2']['bias'] = jnp.full_like(params['se']['fc2']['bias'], -1e4)
   return {**variables, 'params': params}
 
 
@@ -180,9 +238,11 @@ def test_se_placement(position):
     # input reaches the output; with the gate open it does.
     cut = _zeroed(variables, 'conv1')
     other = x[::-1]
-    np.testing.assert_allclose(block.apply(_closed_gate(cut), x),
-                               block.apply(_closed_gate(cut), other),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        block.apply(_closed_gate(cut), x),
+        block.apply(_closed_gate(cut), other),
+        atol=1e-6,
+    )
     assert not np.allclose(block.apply(cut, x), block.apply(cut, other))
   elif position == 'post':
     np.testing.assert_allclose(closed, 0.0, atol=1e-6)

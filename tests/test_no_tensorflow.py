@@ -4,7 +4,7 @@ GPU machines this project targets may not have it)."""
 import subprocess
 import sys
 
-_PROGRAM = '''
+_PROGRAM = """
 import sys
 import jax, jax.numpy as jnp
 import se_flax
@@ -24,11 +24,15 @@ next(made.train(0))
 assert 'tensorflow' not in sys.modules, sorted(
     m for m in sys.modules if m.startswith('tensorflow'))
 print('ok')
-'''
+"""
 
 
 def test_models_conversion_and_training_code_do_not_import_tensorflow():
-  out = subprocess.run([sys.executable, '-c', _PROGRAM], capture_output=True,
-                       text=True, timeout=300)
+  out = subprocess.run(
+      [sys.executable, '-c', _PROGRAM],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('ok')

@@ -34,13 +34,20 @@ _PAGES = (256 << 20) // 4096
 
 
 def _run(*code: str, **env) -> str:
-  environ = {k: v for k, v in os.environ.items()
-             if k not in ('XLA_FLAGS', 'GLIBC_TUNABLES')}
+  environ = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in ('XLA_FLAGS', 'GLIBC_TUNABLES')
+  }
   environ.update(env)
   source = '\n'.join(textwrap.dedent(part) for part in code)
-  done = subprocess.run([sys.executable, '-c', source],
-                        capture_output=True, text=True, timeout=300,
-                        env=environ)
+  done = subprocess.run(
+      [sys.executable, '-c', source],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=environ,
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout
 
@@ -50,7 +57,8 @@ def _refaults(stdout: str) -> int:
 
 
 def test_importing_se_flax_changes_no_process_setting():
-  out = _run("""
+  out = _run(
+      """
       import os
       import se_flax, se_flax.benchmark, se_flax.train.loop
       import se_flax.train.checkpoint, se_flax.models
@@ -58,12 +66,15 @@ def test_importing_se_flax_changes_no_process_setting():
       assert os.environ.get('XLA_FLAGS') is None, os.environ['XLA_FLAGS']
       assert runtime.current() is None
       assert not runtime.backends_started()
-  """, _REFAULTS)
+  """,
+      _REFAULTS,
+  )
   assert _refaults(out) > _PAGES // 2
 
 
 def test_configure_keeps_freed_memory_and_sets_xla_flags_once():
-  out = _run("""
+  out = _run(
+      """
       import os
       import se_flax
       settings = se_flax.configure_runtime()
@@ -76,8 +87,11 @@ def test_configure_keeps_freed_memory_and_sets_xla_flags_once():
       assert se_flax.configure_runtime() is settings  # Once per process.
       import jax.numpy as jnp
       assert float(jnp.ones(2).sum()) == 2.0  # XLA accepted the flags.
-  """, _REFAULTS, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  """,
+      _REFAULTS,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  )
   assert _refaults(out) < _PAGES // 100
 
 
@@ -96,21 +110,28 @@ def test_configure_after_jax_started_says_it_is_too_late():
 
 
 def test_configure_leaves_accelerator_hosts_alone():
-  out = _run("""
+  out = _run(
+      """
       import os
       from se_flax import runtime
       settings = runtime.configure()
       assert settings.platform == 'cuda' and settings.xla_flags == ''
       assert 'XLA_FLAGS' not in os.environ
-  """, _REFAULTS, JAX_PLATFORMS='cuda,cpu')
+  """,
+      _REFAULTS,
+      JAX_PLATFORMS='cuda,cpu',
+  )
   assert _refaults(out) > _PAGES // 2
 
 
 def test_expected_platform_follows_jax_platforms():
-  out = _run("""
+  out = _run(
+      """
       from se_flax import runtime
       print(runtime.expected_platform())
-  """, JAX_PLATFORMS='tpu,cpu')
+  """,
+      JAX_PLATFORMS='tpu,cpu',
+  )
   assert out.split() == ['tpu']
 
 
@@ -123,8 +144,9 @@ def test_unknown_xla_flags_are_never_set():
 
 def test_settings_describe_themselves():
   s = runtime.RuntimeSettings('cpu', 'freed memory kept', '--a=1')
-  assert s.describe() == ('runtime for cpu: malloc freed memory kept; '
-                          'XLA_FLAGS --a=1')
+  assert s.describe() == (
+      'runtime for cpu: malloc freed memory kept; ' 'XLA_FLAGS --a=1'
+  )
 
 
 def test_train_and_evaluate_configures_what_nobody_configured(monkeypatch):
@@ -133,12 +155,18 @@ def test_train_and_evaluate_configures_what_nobody_configured(monkeypatch):
   from absl import logging
 
   from se_flax.train import loop
+
   calls, warnings = [], []
   monkeypatch.setattr(runtime, 'current', lambda: None)
-  monkeypatch.setattr(runtime, 'configure', lambda: calls.append(1) or (
-      runtime.RuntimeSettings('cpu', 'freed memory kept', '')))
-  monkeypatch.setattr(logging, 'warning',
-                      lambda msg, *a: warnings.append(msg % a))
+  monkeypatch.setattr(
+      runtime,
+      'configure',
+      lambda: calls.append(1)
+      or (runtime.RuntimeSettings('cpu', 'freed memory kept', '')),
+  )
+  monkeypatch.setattr(
+      logging, 'warning', lambda msg, *a: warnings.append(msg % a)
+  )
   monkeypatch.setattr(runtime, 'backends_started', lambda: False)
   loop._configure_runtime()
   assert calls == [1] and not warnings

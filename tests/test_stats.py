@@ -9,33 +9,75 @@ from se_flax import layers, model_stats
 SPEC_TABLE = {
     'legacy_seresnet18': (11_778_592, 89_080, 1_814_160_384, 87_040, 9_600),
     'seresnet18': (11_779_624, 90_112, 1_814_161_408, 88_064, 9_600),
-    'legacy_seresnet34': (21_958_868, 161_196, 3_663_918_592, 157_184,
-                          17_024),
+    'legacy_seresnet34': (21_958_868, 161_196, 3_663_918_592, 157_184, 17_024),
     'seresnet34': (21_960_416, 162_744, 3_663_920_128, 158_720, 17_024),
-    'legacy_seresnet50': (28_088_024, 2_530_992, 3_860_488_192, 2_514_944,
-                          53_120),
+    'legacy_seresnet50': (
+        28_088_024,
+        2_530_992,
+        3_860_488_192,
+        2_514_944,
+        53_120,
+    ),
     'seresnet50': (28_088_024, 2_530_992, 4_091_699_200, 2_514_944, 53_120),
     'resnet50': (25_557_032, 0, 4_089_184_256, 0, 53_120),
-    'legacy_seresnet101': (49_326_872, 4_777_712, 7_574_937_600, 4_743_168,
-                           105_344),
-    'seresnet101': (49_326_872, 4_777_712, 7_806_148_608, 4_743_168,
-                    105_344),
-    'legacy_seresnet152': (66_821_848, 6_629_040, 11_288_993_792, 6_578_176,
-                           151_424),
-    'seresnet152': (66_821_848, 6_629_040, 11_520_204_800, 6_578_176,
-                    151_424),
-    'legacy_seresnext26_32x4d': (16_790_280, 1_400_800, 2_472_099_840,
-                                 1_392_640, 38_528),
-    'legacy_seresnext50_32x4d': (27_559_896, 2_530_992, 4_232_994_816,
-                                 2_514_944, 68_224),
-    'seresnext50_32x4d': (27_559_896, 2_530_992, 4_232_994_816, 2_514_944,
-                          68_224),
-    'legacy_seresnext101_32x4d': (48_955_416, 4_777_712, 7_974_739_968,
-                                  4_743_168, 137_856),
-    'seresnext101_32x4d': (48_955_416, 4_777_712, 7_974_739_968, 4_743_168,
-                           137_856),
-    'legacy_senet154': (115_088_984, 6_629_040, 20_688_363_520, 6_578_176,
-                        247_552),
+    'legacy_seresnet101': (
+        49_326_872,
+        4_777_712,
+        7_574_937_600,
+        4_743_168,
+        105_344,
+    ),
+    'seresnet101': (49_326_872, 4_777_712, 7_806_148_608, 4_743_168, 105_344),
+    'legacy_seresnet152': (
+        66_821_848,
+        6_629_040,
+        11_288_993_792,
+        6_578_176,
+        151_424,
+    ),
+    'seresnet152': (66_821_848, 6_629_040, 11_520_204_800, 6_578_176, 151_424),
+    'legacy_seresnext26_32x4d': (
+        16_790_280,
+        1_400_800,
+        2_472_099_840,
+        1_392_640,
+        38_528,
+    ),
+    'legacy_seresnext50_32x4d': (
+        27_559_896,
+        2_530_992,
+        4_232_994_816,
+        2_514_944,
+        68_224,
+    ),
+    'seresnext50_32x4d': (
+        27_559_896,
+        2_530_992,
+        4_232_994_816,
+        2_514_944,
+        68_224,
+    ),
+    'legacy_seresnext101_32x4d': (
+        48_955_416,
+        4_777_712,
+        7_974_739_968,
+        4_743_168,
+        137_856,
+    ),
+    'seresnext101_32x4d': (
+        48_955_416,
+        4_777_712,
+        7_974_739_968,
+        4_743_168,
+        137_856,
+    ),
+    'legacy_senet154': (
+        115_088_984,
+        6_629_040,
+        20_688_363_520,
+        6_578_176,
+        247_552,
+    ),
     'senet154': (115_088_984, 6_629_040, 20_688_363_520, 6_578_176, 247_552),
 }
 
@@ -53,14 +95,16 @@ PAPER_ALIASES = {
 def test_spec_row(name):
   s = model_stats(name)
   assert (s.params, s.se_params, s.macs, s.se_macs, s.batch_stats) == (
-      SPEC_TABLE[name])
+      SPEC_TABLE[name]
+  )
 
 
 @pytest.mark.parametrize('alias', sorted(PAPER_ALIASES))
 def test_paper_alias_is_the_caffe_network(alias):
   s = model_stats(alias)
   assert (s.params, s.se_params, s.macs, s.se_macs, s.batch_stats) == (
-      SPEC_TABLE[PAPER_ALIASES[alias]])
+      SPEC_TABLE[PAPER_ALIASES[alias]]
+  )
 
 
 def test_paper_resnet50_baseline():
@@ -69,9 +113,14 @@ def test_paper_resnet50_baseline():
   assert (s.params, s.macs, s.se_params) == (25_557_032, 3_857_973_248, 0)
 
 
-@pytest.mark.parametrize('baseline,se_model', [
-    ('resnet50', 'seresnet50'), ('resnet101', 'seresnet101'),
-    ('resnext50_32x4d', 'seresnext50_32x4d')])
+@pytest.mark.parametrize(
+    'baseline,se_model',
+    [
+        ('resnet50', 'seresnet50'),
+        ('resnet101', 'seresnet101'),
+        ('resnext50_32x4d', 'seresnext50_32x4d'),
+    ],
+)
 def test_plain_twin_is_the_se_model_without_se(baseline, se_model):
   plain, with_se = model_stats(baseline), model_stats(se_model)
   assert with_se.params - with_se.se_params == plain.params
@@ -95,8 +144,10 @@ def test_se_3x3_ablation_weights():
   assert round((25_557_032 + s.se_params) / 1e6, 2) == 25.71
 
 
-@pytest.mark.parametrize('r,paper_millions', [(2, 45.7), (4, 35.7), (8, 30.7),
-                                              (16, 28.1), (32, 26.9)])
+@pytest.mark.parametrize(
+    'r,paper_millions',
+    [(2, 45.7), (4, 35.7), (8, 30.7), (16, 28.1), (32, 26.9)],
+)
 def test_reduction_ratio_params(r, paper_millions):
   # docs/paper_notes.md, Table 10: the printed values run about 0.1M above Eq. 5.
   s = model_stats('se_resnet50', se={'reduction': r, 'use_bias': False})

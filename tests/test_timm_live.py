@@ -16,9 +16,16 @@ import se_flax  # pylint: disable=g-import-not-at-top
 from se_flax import convert  # pylint: disable=g-import-not-at-top
 
 
-@pytest.mark.parametrize('name,size', [
-    ('legacy_seresnet18', 97), ('seresnet34', 96), ('legacy_seresnet50', 99),
-    ('seresnext50_32x4d', 96), ('legacy_seresnext26_32x4d', 101)])
+@pytest.mark.parametrize(
+    'name,size',
+    [
+        ('legacy_seresnet18', 97),
+        ('seresnet34', 96),
+        ('legacy_seresnet50', 99),
+        ('seresnext50_32x4d', 96),
+        ('legacy_seresnext26_32x4d', 101),
+    ],
+)
 def test_timm_random_init_matches(name, size):
   torch.manual_seed(0)
   reference = timm.create_model(name, pretrained=False).eval()
@@ -37,7 +44,8 @@ def test_timm_random_init_matches(name, size):
   with torch.no_grad():
     expected = reference(x).numpy()
   with jax.disable_jit():
-    logits = np.asarray(model.apply(variables, x.numpy().transpose(0, 2, 3, 1),
-                                    train=False))
+    logits = np.asarray(
+        model.apply(variables, x.numpy().transpose(0, 2, 3, 1), train=False)
+    )
   assert np.abs(logits - expected).max() <= 1e-4 * np.abs(expected).max()
   np.testing.assert_array_equal(logits.argmax(-1), expected.argmax(-1))

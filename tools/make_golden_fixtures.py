@@ -52,7 +52,8 @@ MODELS = (
     'legacy_seresnet34 legacy_seresnet50 legacy_seresnet101 '
     'legacy_seresnet152 legacy_seresnext26_32x4d legacy_seresnext50_32x4d '
     'legacy_seresnext101_32x4d legacy_senet154 senet154 inception_resnet_v2 '
-    'vgg16_bn mobilenetv1_100').split()
+    'vgg16_bn mobilenetv1_100'
+).split()
 
 # One even and one odd size per model. 64 makes the legacy ceil-mode maxpool
 # pad (32 -> 16); 65 leaves a 3x3 final grid in timm resnets (2x2 in legacy).
@@ -64,9 +65,21 @@ SIZES = {
     # ConvMlp; 256 -> 8x8 features, fc1 (7x7 valid conv) gives 2x2 -> pool.
     'vgg16_bn': (65, 256),
 }
-CFG_FACTS = ('input_size', 'test_input_size', 'mean', 'std', 'interpolation',
-             'crop_pct', 'test_crop_pct', 'crop_mode', 'pool_size',
-             'first_conv', 'classifier', 'hf_hub_id', 'tag')
+CFG_FACTS = (
+    'input_size',
+    'test_input_size',
+    'mean',
+    'std',
+    'interpolation',
+    'crop_pct',
+    'test_crop_pct',
+    'crop_mode',
+    'pool_size',
+    'first_conv',
+    'classifier',
+    'hf_hub_id',
+    'tag',
+)
 MAX_LOGIT = 1e3
 
 
@@ -91,18 +104,23 @@ def make_fixture(name, seed, batch, sizes, out_dir):
   t0 = time.time()
   model = timm.create_model(name, pretrained=False, num_classes=1000)
   model.eval()
-  key_shapes = [(k, list(v.shape), str(v.dtype).replace('torch.', ''))
-                for k, v in model.state_dict().items()]
+  key_shapes = [
+      (k, list(v.shape), str(v.dtype).replace('torch.', ''))
+      for k, v in model.state_dict().items()
+  ]
   weights = testing.random_state_dict(key_shapes, seed)
-  model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()},
-                        strict=True)
+  model.load_state_dict(
+      {k: torch.from_numpy(v) for k, v in weights.items()}, strict=True
+  )
   images = {s: testing.random_images(seed, batch, s) for s in sizes}
 
   with torch.no_grad():
     fp32 = {s: model(torch.from_numpy(x)).numpy() for s, x in images.items()}
     model.double()
-    fp64 = {s: model(torch.from_numpy(x).double()).numpy()
-            for s, x in images.items()}
+    fp64 = {
+        s: model(torch.from_numpy(x).double()).numpy()
+        for s, x in images.items()
+    }
 
   stats = {}
   arrays = {}
@@ -116,9 +134,9 @@ def make_fixture(name, seed, batch, sizes, out_dir):
         'argmax': [int(i) for i in ref.argmax(-1)],
         # How much the logits depend on the image (vs. biases / BN shifts).
         'image0_vs_image1_rel_diff': float(
-            np.abs(ref[0] - ref[-1]).max() / max_abs),
-        'images_fingerprint': testing.state_dict_fingerprint(
-            {'x': images[s]}),
+            np.abs(ref[0] - ref[-1]).max() / max_abs
+        ),
+        'images_fingerprint': testing.state_dict_fingerprint({'x': images[s]}),
     }
     arrays[f'logits_{s}'] = ref.astype(np.float32)
     arrays[f'logits_fp32_{s}'] = fp32[s].astype(np.float32)
@@ -135,7 +153,7 @@ def make_fixture(name, seed, batch, sizes, out_dir):
       'input_sizes': list(sizes),
       'layout': 'images are NCHW from se_flax.testing.random_images',
       'reference': 'logits_{size}: float64 timm eval() logits cast to '
-                   'float32; logits_fp32_{size}: timm float32 logits',
+      'float32; logits_fp32_{size}: timm float32 logits',
       'num_params': int(sum(p.numel() for p in model.parameters())),
       'weights_fingerprint': testing.state_dict_fingerprint(weights),
       'stats': stats,
@@ -162,7 +180,8 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--batch', type=int, default=2)
   parser.add_argument(
-      '--out', default=os.path.join(ROOT, 'tests', 'fixtures', 'golden'))
+      '--out', default=os.path.join(ROOT, 'tests', 'fixtures', 'golden')
+  )
   parser.add_argument('--threads', type=int, default=1)
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
@@ -179,14 +198,20 @@ def main(argv=None):
     if not row['max_abs'] < MAX_LOGIT:
       failed.append(name)
 
-  print(f'\ntimm {timm.__version__}, torch {torch.__version__}, '
-        f'numpy {np.__version__}, seed {args.seed}, batch {args.batch}')
-  print(f"{'model':28s} {'#keys':>6s} {'sizes':>9s} {'max|logit|':>11s} "
-        f"{'fp32 vs fp64':>12s} {'img0 vs img1':>12s}")
+  print(
+      f'\ntimm {timm.__version__}, torch {torch.__version__}, '
+      f'numpy {np.__version__}, seed {args.seed}, batch {args.batch}'
+  )
+  print(
+      f"{'model':28s} {'#keys':>6s} {'sizes':>9s} {'max|logit|':>11s} "
+      f"{'fp32 vs fp64':>12s} {'img0 vs img1':>12s}"
+  )
   for r in rows:
     sizes = '/'.join(str(s) for s in r['sizes'])
-    print(f"{r['name']:28s} {r['keys']:6d} {sizes:>9s} {r['max_abs']:11.3f} "
-          f"{r['rel']:12.2e} {r['img']:12.3f}")
+    print(
+        f"{r['name']:28s} {r['keys']:6d} {sizes:>9s} {r['max_abs']:11.3f} "
+        f"{r['rel']:12.2e} {r['img']:12.3f}"
+    )
   if failed:
     print(f'max|logit| >= {MAX_LOGIT:g} for: {failed}', file=sys.stderr)
     return 1

@@ -55,12 +55,25 @@ se_flax; without them the mode is skipped.
 from se_flax.benchmark.cli import main, run
 from se_flax.benchmark.hlo import host_transfers, se_fusion
 from se_flax.benchmark.jax_steps import (
-    TRAIN_FLOPS_PER_FORWARD, flops_per_image, loop_step_variants,
-    user_step_variants)
+    TRAIN_FLOPS_PER_FORWARD,
+    flops_per_image,
+    loop_step_variants,
+    user_step_variants,
+)
 from se_flax.benchmark.report import format_table
 from se_flax.benchmark.timing import Variant, paired_ratio, summarize
 
-__all__ = ['TRAIN_FLOPS_PER_FORWARD', 'Variant', 'flops_per_image',
-           'format_table', 'host_transfers', 'loop_step_variants', 'main',
-           'paired_ratio', 'run', 'se_fusion', 'summarize',
-           'user_step_variants']
+__all__ = [
+    'TRAIN_FLOPS_PER_FORWARD',
+    'Variant',
+    'flops_per_image',
+    'format_table',
+    'host_transfers',
+    'loop_step_variants',
+    'main',
+    'paired_ratio',
+    'run',
+    'se_fusion',
+    'summarize',
+    'user_step_variants',
+]

@@ -15,8 +15,12 @@ def xla_memory(compiled) -> Optional[int]:
     return None
   if m is None:
     return None
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes
-             - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  return int(
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      - m.alias_size_in_bytes
+      + m.temp_size_in_bytes
+  )
 
 
 def xla_flops(compiled) -> Optional[float]:
@@ -33,10 +37,20 @@ def xla_flops(compiled) -> Optional[float]:
 
 
 # HLO that would move data between host and device inside a step.
-_HOST_PATTERNS = ('outfeed', 'infeed', 'send(', 'recv(', 'send-done',
-                  'recv-done', 'host_callback', 'xla_python_cpu_callback',
-                  'xla_python_gpu_callback', 'xla_ffi_python',
-                  'MoveToHost', 'S(5)')
+_HOST_PATTERNS = (
+    'outfeed',
+    'infeed',
+    'send(',
+    'recv(',
+    'send-done',
+    'recv-done',
+    'host_callback',
+    'xla_python_cpu_callback',
+    'xla_python_gpu_callback',
+    'xla_ffi_python',
+    'MoveToHost',
+    'S(5)',
+)
 
 
 def host_transfers(hlo_text: str) -> List[str]:
@@ -74,8 +88,11 @@ def se_fusion(hlo_text: str) -> Dict[str, int]:
       name = re.search(r'op_name="([^"]*)"', line)
       if not m or not name or 'transpose(' in name.group(1):
         if m and m.group(1):
-          roots = re.findall(r'%([\w.\-]+)', m.group(5)) if m.group(
-              4) == 'tuple' else [m.group(2)]
+          roots = (
+              re.findall(r'%([\w.\-]+)', m.group(5))
+              if m.group(4) == 'tuple'
+              else [m.group(2)]
+          )
         continue
       rank = m.group(3).split('{')[0].count(',') + 1
       ops[m.group(2)] = (name.group(1), m.group(4), rank)
@@ -84,7 +101,7 @@ def se_fusion(hlo_text: str) -> Dict[str, int]:
     names = {op for op, code, _ in ops.values() if code in ('multiply', 'add')}
     for ins, (op, code, rank) in ops.items():
       if code == 'multiply' and rank == 4 and op.endswith('/se/mul'):
-        block = op[:-len('/se/mul')]
+        block = op[: -len('/se/mul')]
         blocks.add(block)
         if f'{block}/add' in names:
           with_add.add(block)

@@ -22,6 +22,7 @@ class Variant:
   """One timed program. `run(n)` runs n steps and waits for them; it may
   return its own `{'cpu_s', 'sys_s', 'faults'}` (a worker process does).
   `path`: which way of running it this is (e.g. 'train.py', 'user jit')."""
+
   label: str
   framework: str  # 'jax' or 'torch'
   kind: str  # 'train' or 'infer'
@@ -48,8 +49,11 @@ class Variant:
 def usage() -> Dict[str, float]:
   """This process's CPU seconds (all threads), system seconds, faults."""
   r = resource.getrusage(resource.RUSAGE_SELF)
-  return {'cpu_s': time.process_time(), 'sys_s': r.ru_stime,
-          'faults': r.ru_minflt}
+  return {
+      'cpu_s': time.process_time(),
+      'sys_s': r.ru_stime,
+      'faults': r.ru_minflt,
+  }
 
 
 def usage_since(before: Dict[str, float]) -> Dict[str, float]:
@@ -57,8 +61,9 @@ def usage_since(before: Dict[str, float]) -> Dict[str, float]:
   return {k: now[k] - before[k] for k in now}
 
 
-def time_interleaved(variants: Sequence[Variant], reps: int, steps: int,
-                     warmup: int = 2) -> None:
+def time_interleaved(
+    variants: Sequence[Variant], reps: int, steps: int, warmup: int = 2
+) -> None:
   """Fills each variant's per-step `times`, `cpu_times`, ... (per round)."""
   for v in variants:
     if warmup:
@@ -86,15 +91,23 @@ def summarize(v: Variant, peak: Optional[float]) -> dict:
   step = statistics.median(v.times)
   ips = v.batch / step
   out = {
-      'label': v.label, 'framework': v.framework, 'kind': v.kind,
-      'path': v.path, 'batch': v.batch, 'devices': v.devices,
-      'step_ms': 1e3 * step, 'step_ms_min': 1e3 * min(v.times),
+      'label': v.label,
+      'framework': v.framework,
+      'kind': v.kind,
+      'path': v.path,
+      'batch': v.batch,
+      'devices': v.devices,
+      'step_ms': 1e3 * step,
+      'step_ms_min': 1e3 * min(v.times),
       'step_ms_max': 1e3 * max(v.times),
-      'images_per_s': ips, 'images_per_s_per_device': ips / v.devices,
-      'compile_s': v.compile_s, 'xla_memory_bytes': v.xla_memory,
+      'images_per_s': ips,
+      'images_per_s_per_device': ips / v.devices,
+      'compile_s': v.compile_s,
+      'xla_memory_bytes': v.xla_memory,
       'flops_per_image': v.flops_per_image,
       'xla_flops_per_image': v.xla_flops_per_image,
-      'host_transfers': v.host_transfers, 'se_fusion': v.se_fusion,
+      'host_transfers': v.host_transfers,
+      'se_fusion': v.se_fusion,
       'rounds': len(v.times),
       'cpu_s_per_step': _median_or_none(v.cpu_times),
       'sys_s_per_step': _median_or_none(v.sys_times),
@@ -111,17 +124,23 @@ def paired_ratio(a: Variant, b: Variant) -> dict:
   """time(a) / time(b), round by round: median and min-max; CPU s too."""
   ratios = [x / y for x, y in zip(a.times, b.times)]
   cpu = [x / y for x, y in zip(a.cpu_times, b.cpu_times) if y]
-  return {'numerator': a.label, 'denominator': b.label, 'kind': a.kind,
-          'time_ratio': statistics.median(ratios),
-          'time_ratio_min': min(ratios),
-          'time_ratio_max': max(ratios),
-          'ratio_of_medians': (statistics.median(a.times)
-                               / statistics.median(b.times)),
-          'cpu_ratio': statistics.median(cpu) if cpu else None}
+  return {
+      'numerator': a.label,
+      'denominator': b.label,
+      'kind': a.kind,
+      'time_ratio': statistics.median(ratios),
+      'time_ratio_min': min(ratios),
+      'time_ratio_max': max(ratios),
+      'ratio_of_medians': (
+          statistics.median(a.times) / statistics.median(b.times)
+      ),
+      'cpu_ratio': statistics.median(cpu) if cpu else None,
+  }
 
 
-def matmul_peak_variant(dtype, size: Optional[int] = None,
-                        calls: Optional[int] = None) -> Variant:
+def matmul_peak_variant(
+    dtype, size: Optional[int] = None, calls: Optional[int] = None
+) -> Variant:
   """A `Variant` whose step is one square `size`^3 product in `dtype`.
 
   On one device, random operands (never zeros); `run(n)` issues n * `calls`
@@ -135,28 +154,41 @@ def matmul_peak_variant(dtype, size: Optional[int] = None,
     calls = 1 if backend == 'cpu' else 20
   device = jax.local_devices()[0]
   ka, kb = jax.random.split(jax.random.key(0))
-  a = jax.device_put(jax.random.normal(ka, (size, size), jnp.float32)
-                     .astype(dtype), device)
-  b = jax.device_put(jax.random.normal(kb, (size, size), jnp.float32)
-                     .astype(dtype), device)
-  precision = (jax.lax.Precision.HIGHEST if dtype == jnp.float32
-               else jax.lax.Precision.DEFAULT)
+  a = jax.device_put(
+      jax.random.normal(ka, (size, size), jnp.float32).astype(dtype), device
+  )
+  b = jax.device_put(
+      jax.random.normal(kb, (size, size), jnp.float32).astype(dtype), device
+  )
+  precision = (
+      jax.lax.Precision.HIGHEST
+      if dtype == jnp.float32
+      else jax.lax.Precision.DEFAULT
+  )
   matmul = jax.jit(functools.partial(jnp.matmul, precision=precision))
   jax.block_until_ready(matmul(a, b))
 
   def run(n: int):
     jax.block_until_ready([matmul(a, b) for _ in range(n * calls)])
 
-  return Variant(label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
-                 framework='jax', kind='peak', batch=1, run=run,
-                 flops_per_image=2.0 * size ** 3,
-                 handle={'size': size, 'calls': calls})
+  return Variant(
+      label=f'{jnp.dtype(dtype).name} {size}^3 matmul',
+      framework='jax',
+      kind='peak',
+      batch=1,
+      run=run,
+      flops_per_image=2.0 * size**3,
+      handle={'size': size, 'calls': calls},
+  )
 
 
 def peak_of(v: Variant) -> Dict[str, float]:
   """FLOP/s of a timed `matmul_peak_variant` (median and best round)."""
   calls = v.handle['calls']
   median, best = statistics.median(v.times) / calls, min(v.times) / calls
-  return {'size': v.handle['size'], 'seconds': median,
-          'flops_per_s': v.flops_per_image / median,
-          'flops_per_s_max': v.flops_per_image / best}
+  return {
+      'size': v.handle['size'],
+      'seconds': median,
+      'flops_per_s': v.flops_per_image / median,
+      'flops_per_s_max': v.flops_per_image / best,
+  }

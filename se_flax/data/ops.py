@@ -116,11 +116,18 @@ def rotate(image: tf.Tensor, radians: tf.Tensor) -> tf.Tensor:
   cy, cx = (h - 1) / 2, (w - 1) / 2
   cos, sin = tf.cos(radians), tf.sin(radians)
   # Output pixel (x, y) samples the input at R (p - c) + c.
-  transform = tf.stack([
-      cos, -sin, cx - cos * cx + sin * cy,
-      sin, cos, cy - sin * cx - cos * cy,
-      0.0, 0.0,
-  ])[None]
+  transform = tf.stack(
+      [
+          cos,
+          -sin,
+          cx - cos * cx + sin * cy,
+          sin,
+          cos,
+          cy - sin * cx - cos * cy,
+          0.0,
+          0.0,
+      ]
+  )[None]
   return tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None],
       transforms=transform,
@@ -187,9 +194,7 @@ def train_preprocess(
       max_attempts=max_attempts,
   )
   image = decode_and_crop(image_bytes, window_fn, jpeg=jpeg)
-  image = resize(
-      image, image_size, method=interpolation, antialias=antialias
-  )
+  image = resize(image, image_size, method=interpolation, antialias=antialias)
   if random_rotation:
     limit = math.radians(random_rotation)
     angle = tf.random.stateless_uniform([], rot_seed, -limit, limit)

@@ -258,7 +258,10 @@ def _log_skips(kind: str, step: int, new: int, total: int) -> None:
   if total - new < _LOG_FIRST_SKIPS or total // 100 > (total - new) // 100:
     logging.warning(
         '%s input: %d undecodable image(s) in batch %d; %d skipped so far.',
-        kind, new, step, total,
+        kind,
+        new,
+        step,
+        total,
     )
 
 
@@ -305,7 +308,10 @@ class _Damage:
             'met in batch %d; skip_corrupt_records is set, so they are counted '
             'in num_corrupt_records and their slots take copies of other '
             'examples of the batch.',
-            self._kind.capitalize(), path, what, step,
+            self._kind.capitalize(),
+            path,
+            what,
+            step,
         )
         self._known.add(path)
         continue
@@ -507,8 +513,12 @@ def eval_dataset(
     }
 
   ds = ds.map(to_mask).prefetch(data_config.prefetch)
-  return ds.with_options(_options(data_config)), total, shard.num_examples, (
-      num_batches)
+  return (
+      ds.with_options(_options(data_config)),
+      total,
+      shard.num_examples,
+      (num_batches),
+  )
 
 
 class EvalIterable:

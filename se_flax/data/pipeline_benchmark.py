@@ -111,14 +111,20 @@ def run(
   tf_setup.hide_accelerators_from_tf()
   jpegs = tf.stack(_first_jpegs(data_config, 512))
   sizes = tf.strings.length(jpegs).numpy()
-  log(f'{len(sizes)} JPEGs in memory for the bare run, mean '
-      f'{sizes.mean() / 1e3:.0f} kB; image_size {data_config.image_size}')
+  log(
+      f'{len(sizes)} JPEGs in memory for the bare run, mean '
+      f'{sizes.mean() / 1e3:.0f} kB; image_size {data_config.image_size}'
+  )
   makers = {
       'bare': lambda r: iter(bare_dataset(jpegs, data_config, batch_size)),
       'train': lambda r: pipeline.create_train_iterator(
-          data_config, global_batch_size=batch_size, seed=r),
-      'eval': lambda r: _forever(pipeline.create_eval_iterator(
-          data_config, global_batch_size=batch_size)),
+          data_config, global_batch_size=batch_size, seed=r
+      ),
+      'eval': lambda r: _forever(
+          pipeline.create_eval_iterator(
+              data_config, global_batch_size=batch_size
+          )
+      ),
   }
   rows = []
   for r in range(repeats):
@@ -129,8 +135,12 @@ def run(
       del batches  # stops its threads before the next measurement
     row['ratio'] = row['train'] / row['bare']
     row['cpu_ratio'] = row['train_per_cpu'] / row['bare_per_cpu']
-    log('  '.join(f'{k} {v:.2f}' if 'ratio' in k else f'{k} {v:.0f}'
-                  for k, v in row.items()))
+    log(
+        '  '.join(
+            f'{k} {v:.2f}' if 'ratio' in k else f'{k} {v:.0f}'
+            for k, v in row.items()
+        )
+    )
     rows.append(row)
   result = {k: statistics.median(row[k] for row in rows) for k in rows[0]}
   result['cores'] = _cores()
@@ -144,9 +154,12 @@ def _forever(iterable):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data_dir', default=None,
-                      help='Prepared TFDS data; default: build realistic '
-                      'JPEGs in --work_dir.')
+  parser.add_argument(
+      '--data_dir',
+      default=None,
+      help='Prepared TFDS data; default: build realistic '
+      'JPEGs in --work_dir.',
+  )
   parser.add_argument('--work_dir', default='/tmp/se_flax_data_benchmark')
   parser.add_argument('--name', default='imagenet2012')
   parser.add_argument('--image_size', type=int, default=224)

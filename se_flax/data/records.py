@@ -83,11 +83,13 @@ def read(
     tf.data.Dataset of scalar tf.string records (pairs of them with
     `stand_in`), deterministic given the arguments and the files.
   """
-  files = tf.data.Dataset.from_tensor_slices((
-      tf.constant(shard.filenames, tf.string),
-      tf.constant(shard.skips, tf.int64),
-      tf.constant(shard.takes, tf.int64),
-  ))
+  files = tf.data.Dataset.from_tensor_slices(
+      (
+          tf.constant(shard.filenames, tf.string),
+          tf.constant(shard.skips, tf.int64),
+          tf.constant(shard.takes, tf.int64),
+      )
+  )
   if order_seed is not None:
     files = files.shuffle(len(shard.filenames), seed=order_seed)
 

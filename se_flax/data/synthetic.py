@@ -19,24 +19,30 @@ def _local_size(global_batch_size: int, process_count: int) -> int:
   if global_batch_size % process_count:
     raise ValueError(
         f'global_batch_size={global_batch_size} is not divisible by '
-        f'process_count={process_count}.')
+        f'process_count={process_count}.'
+    )
   return global_batch_size // process_count
 
 
-def _global_batch(seed: int, index: int, batch: int, image_size: int,
-                  num_classes: int) -> Dict[str, np.ndarray]:
+def _global_batch(
+    seed: int, index: int, batch: int, image_size: int, num_classes: int
+) -> Dict[str, np.ndarray]:
   rng = np.random.default_rng([seed, index])
   return {
-      'image': rng.integers(0, 256, (batch, image_size, image_size, 3),
-                            dtype=np.uint8),
+      'image': rng.integers(
+          0, 256, (batch, image_size, image_size, 3), dtype=np.uint8
+      ),
       'label': rng.integers(0, num_classes, (batch,), dtype=np.int32),
   }
 
 
-def _slice(batch: Dict[str, np.ndarray], process_index: int,
-           local: int) -> Dict[str, np.ndarray]:
-  return {k: v[process_index * local:(process_index + 1) * local]
-          for k, v in batch.items()}
+def _slice(
+    batch: Dict[str, np.ndarray], process_index: int, local: int
+) -> Dict[str, np.ndarray]:
+  return {
+      k: v[process_index * local : (process_index + 1) * local]
+      for k, v in batch.items()
+  }
 
 
 def create_synthetic_iterator(
@@ -65,9 +71,14 @@ def create_synthetic_iterator(
      'label': int32 [B]} with B = global_batch_size // process_count.
   """
   local = _local_size(global_batch_size, process_count)  # Raises now.
-  pool = [_slice(_global_batch(seed, i, global_batch_size, image_size,
-                               num_classes), process_index, local)
-          for i in range(_POOL)]
+  pool = [
+      _slice(
+          _global_batch(seed, i, global_batch_size, image_size, num_classes),
+          process_index,
+          local,
+      )
+      for i in range(_POOL)
+  ]
   return (pool[step % _POOL] for step in itertools.count(start_step))
 
 
@@ -90,9 +101,10 @@ def create_synthetic_eval(
 
   def batches():
     for i, start in enumerate(range(0, num_examples, global_batch_size)):
-      batch = _global_batch(seed + 1, i, global_batch_size, image_size,
-                            num_classes)
-      batch['mask'] = (
-          np.arange(start, start + global_batch_size) < num_examples)
+      batch = _global_batch(
+          seed + 1, i, global_batch_size, image_size, num_classes
+      )
+      batch['mask'] = np.arange(start, start + global_batch_size) < num_examples
       yield _slice(batch, process_index, local)
+
   return batches()

@@ -8,19 +8,45 @@ the one choice between plain XLA ops and the CPU derivative rules of
 `se_flax.cpu_grads`.
 """
 
-from se_flax.layers.common import (Dtype, ModuleDef, check_nhwc, he_normal,
-                                   make_divisible)
+from se_flax.layers.common import (
+    Dtype,
+    ModuleDef,
+    check_nhwc,
+    he_normal,
+    make_divisible,
+)
 from se_flax.layers.conv import Conv2d, Padding
 from se_flax.layers.factories import factories
 from se_flax.layers.norm import BN_EPSILON, BN_MOMENTUM, BatchNorm, batch_norm
-from se_flax.layers.pooling import (adaptive_avg_pool, avg_pool,
-                                    global_avg_pool, max_pool_ceil,
-                                    max_pool_padded)
+from se_flax.layers.pooling import (
+    adaptive_avg_pool,
+    avg_pool,
+    global_avg_pool,
+    max_pool_ceil,
+    max_pool_padded,
+)
 from se_flax.layers.rules import LAYER_IMPLS, check_layer_impl
 from se_flax.layers.squeeze_excite import SqueezeExcite
 
-__all__ = ['BN_EPSILON', 'BN_MOMENTUM', 'BatchNorm', 'Conv2d', 'Dtype',
-           'LAYER_IMPLS', 'ModuleDef', 'Padding', 'SqueezeExcite',
-           'adaptive_avg_pool', 'avg_pool', 'batch_norm', 'check_layer_impl',
-           'check_nhwc', 'factories', 'global_avg_pool', 'he_normal',
-           'make_divisible', 'max_pool_ceil', 'max_pool_padded']
+__all__ = [
+    'BN_EPSILON',
+    'BN_MOMENTUM',
+    'BatchNorm',
+    'Conv2d',
+    'Dtype',
+    'LAYER_IMPLS',
+    'ModuleDef',
+    'Padding',
+    'SqueezeExcite',
+    'adaptive_avg_pool',
+    'avg_pool',
+    'batch_norm',
+    'check_layer_impl',
+    'check_nhwc',
+    'factories',
+    'global_avg_pool',
+    'he_normal',
+    'make_divisible',
+    'max_pool_ceil',
+    'max_pool_padded',
+]

@@ -12,15 +12,17 @@ ModuleDef = Any  # A Flax module class or a factory returning one.
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def make_divisible(value: float, divisor: int = 8,
-                   min_value: Optional[int] = None) -> int:
+def make_divisible(
+    value: float, divisor: int = 8, min_value: Optional[int] = None
+) -> int:
   """timm's channel rounding with `round_limit=0` (used by its SEModule)."""
   min_value = min_value or divisor
   return max(min_value, int(value + divisor / 2) // divisor * divisor)
 
 
-Padding = Union[None, int, Tuple[int, int],
-                Tuple[Tuple[int, int], Tuple[int, int]]]
+Padding = Union[
+    None, int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]
+]
 
 
 def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -32,11 +34,10 @@ def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
   return value
 
 
-
-
 def check_nhwc(x: jax.Array, where: str, channels: Sequence[int] = (3,)):
   """Raises a clear error unless `x` is an NHWC image batch."""
   if x.ndim != 4 or x.shape[-1] not in channels:
     raise ValueError(
         f'{where} expects NHWC images of shape (N, H, W, {channels[0]}), got '
-        f'{tuple(x.shape)}; transpose NCHW input with x.transpose(0, 2, 3, 1)')
+        f'{tuple(x.shape)}; transpose NCHW input with x.transpose(0, 2, 3, 1)'
+    )

@@ -15,16 +15,22 @@ from se_flax import cpu_grads
 from se_flax.layers import rules
 from se_flax.layers.common import Dtype, _pair, he_normal
 
-Padding = Union[None, int, Tuple[int, int],
-                Tuple[Tuple[int, int], Tuple[int, int]]]
+Padding = Union[
+    None, int, Tuple[int, int], Tuple[Tuple[int, int], Tuple[int, int]]
+]
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _conv(x, kernel, strides, padding, groups=1):
   return lax.conv_general_dilated(
-      x, kernel, window_strides=(strides, strides), padding=padding,
-      dimension_numbers=_NHWC, feature_group_count=groups)
+      x,
+      kernel,
+      window_strides=(strides, strides),
+      padding=padding,
+      dimension_numbers=_NHWC,
+      feature_group_count=groups,
+  )
 
 
 class Conv2d(nn.Module):
@@ -48,6 +54,7 @@ class Conv2d(nn.Module):
     use_bias: add a bias (Caffe's default, VGG, IRv2's residual 1x1).
     impl: 'auto' or 'xla' (`LAYER_IMPLS`).
   """
+
   features: int
   kernel_size: Union[int, Tuple[int, int]]
   strides: int = 1
@@ -86,21 +93,32 @@ class Conv2d(nn.Module):
     if in_features % self.groups or self.features % self.groups:
       raise ValueError(
           f'{self.name}: channels in={in_features}, out={self.features} must '
-          f'be divisible by groups={self.groups}')
+          f'be divisible by groups={self.groups}'
+      )
     kh, kw = self.kernel_shape
-    kernel = self.param('kernel', self.kernel_init,
-                        (kh, kw, in_features // self.groups, self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', nn.initializers.zeros, (self.features,),
-                       self.param_dtype) if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
-                                              dtype=self.dtype)
+    kernel = self.param(
+        'kernel',
+        self.kernel_init,
+        (kh, kw, in_features // self.groups, self.features),
+        self.param_dtype,
+    )
+    bias = (
+        self.param(
+            'bias', nn.initializers.zeros, (self.features,), self.param_dtype
+        )
+        if self.use_bias
+        else None
+    )
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     pads = self.explicit_padding()
     if (kh, kw) == (1, 1) and self.groups == 1 and pads == ((0, 0), (0, 0)):
       if self.strides > 1:
-        x = x[:, ::self.strides, ::self.strides, :]
-      matmul = (cpu_grads.matmul if rules.use_cpu_rules(self.impl)
-                else cpu_grads.plain_matmul)
+        x = x[:, :: self.strides, :: self.strides, :]
+      matmul = (
+          cpu_grads.matmul
+          if rules.use_cpu_rules(self.impl)
+          else cpu_grads.plain_matmul
+      )
       y = matmul(x, kernel[0, 0])
     else:
       y = _conv(x, kernel, self.strides, pads, self.groups)

@@ -8,9 +8,16 @@ from se_flax.layers.conv import Conv2d
 from se_flax.layers.norm import BN_EPSILON, BN_MOMENTUM, batch_norm
 
 
-def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
-              param_dtype: Dtype, bn_momentum: float = BN_MOMENTUM,
-              bn_epsilon: float = BN_EPSILON, layer_impl: str = 'auto'):
+def factories(
+    train: bool,
+    *,
+    se: Optional[ModuleDef],
+    dtype: Optional[Dtype],
+    param_dtype: Dtype,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_epsilon: float = BN_EPSILON,
+    layer_impl: str = 'auto',
+):
   """The `(conv, norm, se)` factories a model builds once and passes down.
 
   Each carries the compute dtype and parameter dtype; `conv` and `norm`
@@ -18,10 +25,17 @@ def factories(train: bool, *, se: Optional[ModuleDef], dtype: Optional[Dtype],
   (`use_running_average=not train`), momentum and epsilon; `se` is None for
   the plain network.
   """
-  conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype,
-                           impl=layer_impl)
-  norm = batch_norm(train, momentum=bn_momentum, epsilon=bn_epsilon,
-                    dtype=dtype, param_dtype=param_dtype, impl=layer_impl)
+  conv = functools.partial(
+      Conv2d, dtype=dtype, param_dtype=param_dtype, impl=layer_impl
+  )
+  norm = batch_norm(
+      train,
+      momentum=bn_momentum,
+      epsilon=bn_epsilon,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      impl=layer_impl,
+  )
   if se is not None:
     se = functools.partial(se, dtype=dtype, param_dtype=param_dtype)
   return conv, norm, se

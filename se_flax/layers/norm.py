@@ -37,6 +37,7 @@ class BatchNorm(nn.Module):
     scale_init: `scale`'s initialiser (zeros for zero-init residuals).
     impl: as `Conv2d.impl`.
   """
+
   use_running_average: bool
   momentum: float = BN_MOMENTUM
   epsilon: float = BN_EPSILON
@@ -52,27 +53,30 @@ class BatchNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = x.shape[-1]
-    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,),
-                            jnp.float32)
-    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,),
-                           jnp.float32)
-    scale = self.param('scale', self.scale_init, (features,),
-                       self.param_dtype)
-    bias = self.param('bias', nn.initializers.zeros, (features,),
-                      self.param_dtype)
+    ra_mean = self.variable(
+        'batch_stats', 'mean', jnp.zeros, (features,), jnp.float32
+    )
+    ra_var = self.variable(
+        'batch_stats', 'var', jnp.ones, (features,), jnp.float32
+    )
+    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
+    bias = self.param(
+        'bias', nn.initializers.zeros, (features,), self.param_dtype
+    )
     if self.use_running_average:
-      y = cpu_grads.normalize(x, ra_mean.value, ra_var.value, scale, bias,
-                              self.epsilon)
+      y = cpu_grads.normalize(
+          x, ra_mean.value, ra_var.value, scale, bias, self.epsilon
+      )
     else:
       cpu = rules.use_cpu_rules(self.impl)
       # With the CPU rule the gradient comes from batch_norm_train, which
       # computes the same statistics (XLA computes them once).
       mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
       if not self.is_initializing():
-        ra_mean.value = (self.momentum * ra_mean.value
-                         + (1 - self.momentum) * mean)
-        ra_var.value = (self.momentum * ra_var.value
-                        + (1 - self.momentum) * var)
+        ra_mean.value = (
+            self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        )
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
       if cpu:
         y = cpu_grads.batch_norm_train(x, scale, bias, self.epsilon)
       else:
@@ -80,13 +84,24 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype or jnp.result_type(x, scale, bias))
 
 
-def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM,
-               epsilon: float = BN_EPSILON, dtype: Optional[Dtype] = None,
-               param_dtype: Dtype = jnp.float32,
-               impl: str = 'auto') -> ModuleDef:
+def batch_norm(
+    train: bool,
+    *,
+    momentum: float = BN_MOMENTUM,
+    epsilon: float = BN_EPSILON,
+    dtype: Optional[Dtype] = None,
+    param_dtype: Dtype = jnp.float32,
+    impl: str = 'auto',
+) -> ModuleDef:
   """A `BatchNorm` factory with the reference networks' settings:
   `norm(name, scale_init=ones)`."""
   return lambda name, scale_init=nn.initializers.ones: BatchNorm(
-      use_running_average=not train, momentum=momentum, epsilon=epsilon,
-      dtype=dtype, param_dtype=param_dtype, scale_init=scale_init,
-      impl=impl, name=name)
+      use_running_average=not train,
+      momentum=momentum,
+      epsilon=epsilon,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      scale_init=scale_init,
+      impl=impl,
+      name=name,
+  )

@@ -35,8 +35,9 @@ def max_pool_ceil(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
   return _max_pool(x, window, stride, tuple(pads))
 
 
-def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
-                    padding: int = 1) -> jax.Array:
+def max_pool_padded(
+    x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1
+) -> jax.Array:
   """torchvision-style max pooling with symmetric -inf padding (NHWC).
 
   Floor mode; `padding=0` is PyTorch's plain `MaxPool2d(window, stride)`.
@@ -45,8 +46,13 @@ def max_pool_padded(x: jax.Array, window: int = 3, stride: int = 2,
   return _max_pool(x, window, stride, pads)
 
 
-def avg_pool(x: jax.Array, window: int = 3, stride: int = 1,
-             padding: int = 1, count_include_pad: bool = True) -> jax.Array:
+def avg_pool(
+    x: jax.Array,
+    window: int = 3,
+    stride: int = 1,
+    padding: int = 1,
+    count_include_pad: bool = True,
+) -> jax.Array:
   """Average pooling with symmetric zero padding (NHWC), floor mode.
 
   `count_include_pad=True` divides every window by `window ** 2` (Caffe's
@@ -55,8 +61,13 @@ def avg_pool(x: jax.Array, window: int = 3, stride: int = 1,
   two differ only in windows that overlap the border.
   """
   pad = ((padding, padding), (padding, padding))
-  y = nn.avg_pool(x, (window, window), (stride, stride), padding=pad,
-                  count_include_pad=count_include_pad)
+  y = nn.avg_pool(
+      x,
+      (window, window),
+      (stride, stride),
+      padding=pad,
+      count_include_pad=count_include_pad,
+  )
   return y.astype(x.dtype)
 
 
@@ -67,6 +78,7 @@ def adaptive_avg_pool(x: jax.Array, output_size: Tuple[int, int]) -> jax.Array:
   `floor(i * n / m) <= j < ceil((i + 1) * n / m)`; bins may overlap (and
   repeat inputs when upsampling, `m > n`).
   """
+
   def bins(n, m):
     w = np.zeros((m, n), np.float32)
     for i in range(m):
@@ -85,6 +97,9 @@ def adaptive_avg_pool(x: jax.Array, output_size: Tuple[int, int]) -> jax.Array:
 
 def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
   """Mean over H and W of an NHWC tensor, accumulated in float32."""
-  return jnp.mean(x, axis=(1, 2), keepdims=keepdims,
-                  dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(
-                      x.dtype)
+  return jnp.mean(
+      x,
+      axis=(1, 2),
+      keepdims=keepdims,
+      dtype=jnp.promote_types(x.dtype, jnp.float32),
+  ).astype(x.dtype)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from se_flax.layers.common import Dtype, he_normal, make_divisible
 from se_flax.layers.pooling import global_avg_pool
 
-
 _GATES = {
     'sigmoid': nn.sigmoid,
     'relu': nn.relu,
@@ -36,6 +35,7 @@ class SqueezeExcite(nn.Module):
     activation: inner non-linearity between the two FC layers.
     use_bias: biases of both FC layers (released models: on; ablations: off).
   """
+
   reduction: int = 16
   hidden_rule: str = 'floor'
   divisor: int = 8
@@ -55,16 +55,19 @@ class SqueezeExcite(nn.Module):
       return max(1, channels // self.reduction)
     if self.hidden_rule == 'divisible':
       return make_divisible(channels / self.reduction, self.divisor)
-    raise ValueError(f"hidden_rule must be 'floor' or 'divisible', got "
-                     f'{self.hidden_rule!r}')
+    raise ValueError(
+        f"hidden_rule must be 'floor' or 'divisible', got "
+        f'{self.hidden_rule!r}'
+    )
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4:
       raise ValueError(f'SqueezeExcite expects NHWC input, got shape {x.shape}')
     if self.gate not in _GATES:
-      raise ValueError(f'gate must be one of {sorted(_GATES)}, got '
-                       f'{self.gate!r}')
+      raise ValueError(
+          f'gate must be one of {sorted(_GATES)}, got ' f'{self.gate!r}'
+      )
     channels = x.shape[-1]
     if self.squeeze == 'avg':
       z = global_avg_pool(x)
@@ -73,11 +76,17 @@ class SqueezeExcite(nn.Module):
     elif self.squeeze == 'none':
       z = x
     else:
-      raise ValueError(f"squeeze must be 'avg', 'max' or 'none', got "
-                       f'{self.squeeze!r}')
+      raise ValueError(
+          f"squeeze must be 'avg', 'max' or 'none', got " f'{self.squeeze!r}'
+      )
     dense = lambda features, name: nn.Dense(
-        features, use_bias=self.use_bias, kernel_init=he_normal,
-        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        features,
+        use_bias=self.use_bias,
+        kernel_init=he_normal,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
     s = self.activation(dense(self.hidden_width(channels), 'fc1')(z))
     s = _GATES[self.gate](dense(channels, 'fc2')(s))
     self.sow('intermediates', 'gate', s)

@@ -30,6 +30,7 @@ class Network(nn.Module, kw_only=True):
     layer_impl: the `impl` of every convolution and BatchNorm: 'auto' (CPU
       gradient rules on the CPU backend) or 'xla' (`layers.LAYER_IMPLS`).
   """
+
   num_classes: int = 1000
   se: Optional[ModuleDef] = None
   drop_rate: float = 0.0
@@ -46,12 +47,18 @@ class Network(nn.Module, kw_only=True):
   def layer_factories(self, train: bool):
     """`(conv, norm, se)` with this network's dtypes, BN settings, impl."""
     return layers.factories(
-        train, se=self.se, dtype=self.dtype, param_dtype=self.param_dtype,
-        bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-        layer_impl=self.layer_impl)
+        train,
+        se=self.se,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon,
+        layer_impl=self.layer_impl,
+    )
 
-  def classify(self, features: jax.Array, *, train: bool,
-               dropout: bool = True) -> jax.Array:
+  def classify(
+      self, features: jax.Array, *, train: bool, dropout: bool = True
+  ) -> jax.Array:
     """Dropout (`drop_rate`), then `fc`: (N, C) -> (N, classes) float32.
 
     Call it from the compact `__call__`: `fc` is then a direct child of the
@@ -60,6 +67,10 @@ class Network(nn.Module, kw_only=True):
     x = features
     if dropout:
       x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype,
-                 param_dtype=self.param_dtype, name='fc')(x)
+    x = nn.Dense(
+        self.num_classes,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name='fc',
+    )(x)
     return x.astype(jnp.float32)

@@ -64,6 +64,7 @@ class ConvBN(nn.Module):
   `padding=None` pads `k // 2` per axis (Caffe `pad`, PyTorch `padding`);
   0 is a VALID conv.
   """
+
   features: int
   kernel_size: Kernel
   conv: ModuleDef
@@ -73,8 +74,13 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = self.conv(self.features, self.kernel_size, self.strides,
-                  padding=self.padding, name='conv')(x)
+    x = self.conv(
+        self.features,
+        self.kernel_size,
+        self.strides,
+        padding=self.padding,
+        name='conv',
+    )(x)
     return nn.relu(self.norm('bn')(x))
 
 
@@ -110,6 +116,7 @@ class BNInceptionModule(nn.Module):
   drops the 1x1 branch and the projection and strides the last 3x3 of each
   conv branch; its pool is Caffe's ceil-mode 3x3/2 max pool.
   """
+
   b1x1: int
   b3x3: Tuple[int, int]
   double3x3: Tuple[int, int]
@@ -131,8 +138,7 @@ class BNInceptionModule(nn.Module):
     branches.append(unit(self.b3x3[1], 3, strides=s, name='b3x3')(y))
     y = unit(self.double3x3[0], 1, name='double3x3_reduce')(x)
     y = unit(self.double3x3[1], 3, name='double3x3a')(y)
-    branches.append(unit(self.double3x3[1], 3, strides=s,
-                         name='double3x3b')(y))
+    branches.append(unit(self.double3x3[1], 3, strides=s, name='double3x3b')(y))
     if s > 1:
       y = layers.max_pool_ceil(x, 3, s)
       if y.shape[1:3] != branches[-1].shape[1:3]:
@@ -141,7 +147,8 @@ class BNInceptionModule(nn.Module):
         raise ValueError(
             f'{self.name}: input {x.shape[1:3]} gives conv branches '
             f'{branches[-1].shape[1:3]} but the pool {y.shape[1:3]}; '
-            'BN-Inception needs an even size here (e.g. 224 px images)')
+            'BN-Inception needs an even size here (e.g. 224 px images)'
+        )
     elif self.pool == 'avg':
       y = layers.avg_pool(x, 3, 1, padding=1, count_include_pad=True)
     else:
@@ -183,8 +190,9 @@ class BNInception(base.Network):
     x = unit(192, 3, name='conv2')(x)
     x = layers.max_pool_ceil(x)
     for name, b1x1, b3x3, double3x3, pool, proj, s in _BN_INCEPTION_MODULES:
-      x = BNInceptionModule(b1x1, b3x3, double3x3, pool, proj, s, conv, norm,
-                            se, name=name)(x)
+      x = BNInceptionModule(
+          b1x1, b3x3, double3x3, pool, proj, s, conv, norm, se, name=name
+      )(x)
     # Caffe's pool5/7x7_s1 is this global mean at 224 px.
     x = layers.global_avg_pool(x)
     return self.classify(x, train=train)
@@ -197,6 +205,7 @@ class BNInception(base.Network):
 
 class Mixed5b(nn.Module):
   """35x35 stem module: 192 -> 320 channels."""
+
   conv: ModuleDef
   norm: ModuleDef
 
@@ -217,6 +226,7 @@ class Mixed5b(nn.Module):
 
 class Mixed6a(nn.Module):
   """Reduction 35 -> 17: 320 -> 1088 channels (VALID 3x3/2 convs, pool)."""
+
   conv: ModuleDef
   norm: ModuleDef
 
@@ -233,6 +243,7 @@ class Mixed6a(nn.Module):
 
 class Mixed7a(nn.Module):
   """Reduction 17 -> 8: 1088 -> 2080 channels."""
+
   conv: ModuleDef
   norm: ModuleDef
 
@@ -251,16 +262,27 @@ class Mixed7a(nn.Module):
 
 
 # Branches of the residual blocks: (name, features, kernel) chains.
-_BLOCK35 = ((('branch0', 32, 1),),
-            (('branch1_0', 32, 1), ('branch1_1', 32, 3)),
-            (('branch2_0', 32, 1), ('branch2_1', 48, 3),
-             ('branch2_2', 64, 3)))
-_BLOCK17 = ((('branch0', 192, 1),),
-            (('branch1_0', 128, 1), ('branch1_1', 160, (1, 7)),
-             ('branch1_2', 192, (7, 1))))
-_BLOCK8 = ((('branch0', 192, 1),),
-           (('branch1_0', 192, 1), ('branch1_1', 224, (1, 3)),
-            ('branch1_2', 256, (3, 1))))
+_BLOCK35 = (
+    (('branch0', 32, 1),),
+    (('branch1_0', 32, 1), ('branch1_1', 32, 3)),
+    (('branch2_0', 32, 1), ('branch2_1', 48, 3), ('branch2_2', 64, 3)),
+)
+_BLOCK17 = (
+    (('branch0', 192, 1),),
+    (
+        ('branch1_0', 128, 1),
+        ('branch1_1', 160, (1, 7)),
+        ('branch1_2', 192, (7, 1)),
+    ),
+)
+_BLOCK8 = (
+    (('branch0', 192, 1),),
+    (
+        ('branch1_0', 192, 1),
+        ('branch1_1', 224, (1, 3)),
+        ('branch1_2', 256, (3, 1)),
+    ),
+)
 _BLOCKS = {'block35': _BLOCK35, 'block17': _BLOCK17, 'block8': _BLOCK8}
 
 
@@ -277,6 +299,7 @@ class InceptionResBlock(nn.Module):
     scale: residual scale (0.17, 0.10, 0.20; 1.0 for the last Block8).
     activate: ReLU after the sum (False only for the last Block8).
   """
+
   kind: str
   scale: float
   activate: bool
@@ -293,8 +316,7 @@ class InceptionResBlock(nn.Module):
       for name, features, kernel in chain:
         y = unit(features, kernel, name=name)(y)
       branches.append(y)
-    y = self.conv(x.shape[-1], 1, use_bias=True, name='conv2d')(
-        _cat(*branches))
+    y = self.conv(x.shape[-1], 1, use_bias=True, name='conv2d')(_cat(*branches))
     if self.se is not None:
       y = self.se(name='se')(y)
     out = y * self.scale + x  # timm's order of operations.
@@ -316,6 +338,7 @@ class InceptionResNetV2(base.Network):
       docstring for where), or None for the plain network.
     bn_momentum, bn_epsilon: BatchNorm settings (timm/TF eps: 1e-3).
   """
+
   repeats: Sequence[int] = (10, 20, 9)
   scales: Sequence[float] = (0.17, 0.10, 0.20)
   bn_epsilon: float = 1e-3
@@ -323,8 +346,10 @@ class InceptionResNetV2(base.Network):
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
     if len(self.repeats) != 3 or len(self.scales) != 3:
-      raise ValueError('repeats and scales need one entry per block type '
-                       f'(35, 17, 8), got {self.repeats}, {self.scales}')
+      raise ValueError(
+          'repeats and scales need one entry per block type '
+          f'(35, 17, 8), got {self.repeats}, {self.scales}'
+      )
     super().__post_init__()
 
   @nn.compact
@@ -343,10 +368,14 @@ class InceptionResNetV2(base.Network):
     x = unit(192, 3, padding=0, name='conv2d_4a')(x)
     x = layers.max_pool_padded(x, 3, 2, padding=0)
     x = Mixed5b(conv, norm, name='mixed_5b')(x)
-    stages = (('block35', Mixed6a, 'mixed_6a'),
-              ('block17', Mixed7a, 'mixed_7a'), ('block8', None, None))
-    for (kind, reduction, name), repeat, scale in zip(stages, self.repeats,
-                                                      self.scales):
+    stages = (
+        ('block35', Mixed6a, 'mixed_6a'),
+        ('block17', Mixed7a, 'mixed_7a'),
+        ('block8', None, None),
+    )
+    for (kind, reduction, name), repeat, scale in zip(
+        stages, self.repeats, self.scales
+    ):
       for i in range(repeat):
         x = block(kind, scale, True, name=f'{kind}_{i}')(x)
       if reduction is not None:

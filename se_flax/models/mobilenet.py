@@ -39,7 +39,6 @@ from se_flax import layers
 from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-
 # Pointwise widths per stage; each stage but the first starts with stride 2
 # (timm's `blocks.0` .. `blocks.4`).
 MOBILENET_V1 = ((64,), (128, 128), (256, 256), (512,) * 6, (1024, 1024))
@@ -47,6 +46,7 @@ MOBILENET_V1 = ((64,), (128, 128), (256, 256), (512,) * 6, (1024, 1024))
 
 class DepthwiseSeparable(nn.Module):
   """3x3 depthwise -> BN -> ReLU6 -> 1x1 -> BN -> ReLU6 (-> SE)."""
+
   features: int
   strides: int
   conv: ModuleDef
@@ -56,8 +56,7 @@ class DepthwiseSeparable(nn.Module):
   @nn.compact
   def __call__(self, x):
     channels = x.shape[-1]
-    x = self.conv(channels, 3, self.strides, groups=channels,
-                  name='conv_dw')(x)
+    x = self.conv(channels, 3, self.strides, groups=channels, name='conv_dw')(x)
     x = nn.relu6(self.norm('bn1')(x))
     x = self.conv(self.features, 1, name='conv_pw')(x)
     x = nn.relu6(self.norm('bn2')(x))
@@ -75,6 +74,7 @@ class MobileNetV1(base.Network):
     stem_width: channels of the 3x3/2 stem conv.
     se: SqueezeExcite factory (after every block) or None.
   """
+
   stages: Sequence[Sequence[int]] = MOBILENET_V1
   stem_width: int = 32
 

@@ -19,8 +19,11 @@ _FAMILIES = (
     (mobilenet.MobileNetV1, mobilenet.CONFIGS),
     (shufflenet.ShuffleNetV1, shufflenet.CONFIGS),
 )
-_MODELS = {name: (cls, fields) for cls, configs in _FAMILIES
-           for name, fields in configs.items()}
+_MODELS = {
+    name: (cls, fields)
+    for cls, configs in _FAMILIES
+    for name, fields in configs.items()
+}
 if len(_MODELS) != sum(len(configs) for _, configs in _FAMILIES):
   raise ValueError('Two families register the same model name')
 
@@ -54,18 +57,21 @@ def _se_factory(default: Optional[Mapping[str, Any]], se: SESpec):
   if callable(se):
     return se
   if not isinstance(se, Mapping):
-    raise TypeError('se must be None, a bool, a dict of SqueezeExcite fields '
-                    f'or a module factory, got {type(se).__name__}')
+    raise TypeError(
+        'se must be None, a bool, a dict of SqueezeExcite fields '
+        f'or a module factory, got {type(se).__name__}'
+    )
   known = {f.name for f in dataclasses.fields(SqueezeExcite)}
   unknown = set(se) - known
   if unknown:
-    raise ValueError(f'Unknown SqueezeExcite fields {sorted(unknown)}; '
-                     f'expected some of {sorted(known - {"parent", "name"})}')
+    raise ValueError(
+        f'Unknown SqueezeExcite fields {sorted(unknown)}; '
+        f'expected some of {sorted(known - {"parent", "name"})}'
+    )
   return functools.partial(SqueezeExcite, **{**(default or {}), **se})
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides
-                 ) -> nn.Module:
+def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
   """Returns the linen Module registered as `name`.
 
   Args:
@@ -85,8 +91,10 @@ def create_model(name: str, num_classes: int = 1000, **overrides
   known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
   unknown = set(overrides) - known
   if unknown:
-    raise ValueError(f'{name}: unknown fields {sorted(unknown)}; '
-                     f'{cls.__name__} has {sorted(known)}')
+    raise ValueError(
+        f'{name}: unknown fields {sorted(unknown)}; '
+        f'{cls.__name__} has {sorted(known)}'
+    )
   se = overrides.pop('se', fields.get('se'))
   if 'se' in known:
     fields['se'] = _se_factory(fields.get('se'), se)

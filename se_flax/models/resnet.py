@@ -18,7 +18,6 @@ from se_flax import layers
 from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-
 SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
 
 
@@ -37,6 +36,7 @@ class Block(nn.Module):
     relu_before_se: the legacy SE-ResNet-18/34 quirk.
     se: SE factory or None; se_position: one of `SE_POSITIONS`.
   """
+
   planes: int
   bottleneck: bool
   width: int
@@ -56,8 +56,11 @@ class Block(nn.Module):
   def __call__(self, x):
     out_features = self.planes * 4 if self.bottleneck else self.planes
     se = self.se if self.se is not None else None
-    last_bn_init = (nn.initializers.zeros if self.zero_init_last_bn
-                    else nn.initializers.ones)
+    last_bn_init = (
+        nn.initializers.zeros
+        if self.zero_init_last_bn
+        else nn.initializers.ones
+    )
 
     branch_in = x
     if se is not None and self.se_position == 'pre':
@@ -67,8 +70,13 @@ class Block(nn.Module):
       stride1 = self.strides if self.stride_on == '1x1' else 1
       y = self.conv(self.conv1_width, 1, stride1, name='conv1')(branch_in)
       y = nn.relu(self.norm('bn1')(y))
-      y = self.conv(self.width, 3, self.strides // stride1, groups=self.groups,
-                    name='conv2')(y)
+      y = self.conv(
+          self.width,
+          3,
+          self.strides // stride1,
+          groups=self.groups,
+          name='conv2',
+      )(y)
       y = nn.relu(self.norm('bn2')(y))
       if se is not None and self.se_position == '3x3':
         y = se(name='se')(y)
@@ -90,8 +98,9 @@ class Block(nn.Module):
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out_features:
       kernel = self.downsample_kernel if self.strides > 1 else 1
-      shortcut = self.conv(out_features, kernel, self.strides,
-                           name='downsample_conv')(x)
+      shortcut = self.conv(
+          out_features, kernel, self.strides, name='downsample_conv'
+      )(x)
       shortcut = self.norm('downsample_bn')(shortcut)
     if se is not None and self.se_position == 'identity':
       shortcut = se(name='se')(shortcut)
@@ -124,6 +133,7 @@ class ResNet(base.Network):
     se_stages: 1-based stages that carry SE (paper Table 13).
     zero_init_last_bn: init the last BN scale of each branch to zero.
   """
+
   stage_sizes: Sequence[int]
   bottleneck: bool = True
   cardinality: int = 1
@@ -149,17 +159,23 @@ class ResNet(base.Network):
     if self.stem not in ('7x7', 'deep'):
       raise ValueError(f"stem must be '7x7' or 'deep', got {self.stem!r}")
     if self.stem_pool not in ('ceil', 'pad'):
-      raise ValueError(f"stem_pool must be 'ceil' or 'pad', got "
-                       f'{self.stem_pool!r}')
+      raise ValueError(
+          f"stem_pool must be 'ceil' or 'pad', got " f'{self.stem_pool!r}'
+      )
     if self.stride_on not in ('1x1', '3x3'):
-      raise ValueError(f"stride_on must be '1x1' or '3x3', got "
-                       f'{self.stride_on!r}')
+      raise ValueError(
+          f"stride_on must be '1x1' or '3x3', got " f'{self.stride_on!r}'
+      )
     if self.se_position not in SE_POSITIONS:
-      raise ValueError(f'se_position must be one of {SE_POSITIONS}, got '
-                       f'{self.se_position!r}')
+      raise ValueError(
+          f'se_position must be one of {SE_POSITIONS}, got '
+          f'{self.se_position!r}'
+      )
     if len(self.stage_planes) != len(self.stage_sizes):
-      raise ValueError('stage_planes and stage_sizes differ in length: '
-                       f'{self.stage_planes} vs {self.stage_sizes}')
+      raise ValueError(
+          'stage_planes and stage_sizes differ in length: '
+          f'{self.stage_planes} vs {self.stage_sizes}'
+      )
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -168,10 +184,12 @@ class ResNet(base.Network):
     conv, norm, se = self.layer_factories(train)
 
     x = x.astype(self.dtype)
-    x = Stem(self.stem, self.stem_width, self.stem_pool, conv, norm,
-             name='stem')(x)
+    x = Stem(
+        self.stem, self.stem_width, self.stem_pool, conv, norm, name='stem'
+    )(x)
     for i, (num_blocks, planes) in enumerate(
-        zip(self.stage_sizes, self.stage_planes)):
+        zip(self.stage_sizes, self.stage_planes)
+    ):
       width = int(planes * self.base_width / 64) * self.cardinality
       for j in range(num_blocks):
         x = Block(
@@ -189,13 +207,15 @@ class ResNet(base.Network):
             norm=norm,
             se=se if i + 1 in self.se_stages else None,
             se_position=self.se_position,
-            name=f'stage{i + 1}_block{j}')(x)
+            name=f'stage{i + 1}_block{j}',
+        )(x)
     x = layers.global_avg_pool(x)
     return self.classify(x, train=train)
 
 
 class Stem(nn.Module):
   """7x7/2 conv (or three 3x3 convs) + BN + ReLU, then 3x3/2 max pool."""
+
   kind: str
   width: int
   pool: str
@@ -221,21 +241,35 @@ class Stem(nn.Module):
 _TIMM = dict(stem_pool='pad', stride_on='3x3', zero_init_last_bn=True)
 # Caffe / Cadene / timm `senet.py`; timm adds dropout 0.2 to every legacy
 # model, the Caffe networks only to SENet-154 (see the paper aliases below).
-_LEGACY = dict(stem_pool='ceil', stride_on='1x1', zero_init_last_bn=False,
-               drop_rate=0.2)
+_LEGACY = dict(
+    stem_pool='ceil', stride_on='1x1', zero_init_last_bn=False, drop_rate=0.2
+)
 _SE_TIMM = dict(hidden_rule='divisible', divisor=8)
 _SE_PAPER = dict(hidden_rule='floor')
-_DEPTHS = {18: (2, 2, 2, 2), 26: (2, 2, 2, 2), 34: (3, 4, 6, 3),
-           50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+_DEPTHS = {
+    18: (2, 2, 2, 2),
+    26: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 _RESNEXT = dict(cardinality=32, base_width=4)
-_SENET154 = dict(stage_sizes=_DEPTHS[152], cardinality=64, base_width=4,
-                 block_reduce_first=2, stem='deep', downsample_kernel=3,
-                 stride_on='3x3')
+_SENET154 = dict(
+    stage_sizes=_DEPTHS[152],
+    cardinality=64,
+    base_width=4,
+    block_reduce_first=2,
+    stem='deep',
+    downsample_kernel=3,
+    stride_on='3x3',
+)
 
 
 def _resnet(depth, **kwargs):
-  return dict(stage_sizes=_DEPTHS[depth], bottleneck=depth not in (18, 34),
-              **kwargs)
+  return dict(
+      stage_sizes=_DEPTHS[depth], bottleneck=depth not in (18, 34), **kwargs
+  )
 
 
 CONFIGS = {}
@@ -243,28 +277,38 @@ for _d in (18, 34, 50, 101, 152):
   CONFIGS[f'resnet{_d}'] = _resnet(_d, se=None, **_TIMM)
   CONFIGS[f'seresnet{_d}'] = _resnet(_d, se=_SE_TIMM, **_TIMM)
   CONFIGS[f'legacy_seresnet{_d}'] = _resnet(
-      _d, se=_SE_PAPER, relu_before_se=_d < 50, **_LEGACY)
+      _d, se=_SE_PAPER, relu_before_se=_d < 50, **_LEGACY
+  )
 for _d in (50, 101):
   CONFIGS[f'resnext{_d}_32x4d'] = _resnet(_d, se=None, **_RESNEXT, **_TIMM)
   CONFIGS[f'seresnext{_d}_32x4d'] = _resnet(
-      _d, se=_SE_TIMM, **_RESNEXT, **_TIMM)
+      _d, se=_SE_TIMM, **_RESNEXT, **_TIMM
+  )
 for _d in (26, 50, 101):
   CONFIGS[f'legacy_seresnext{_d}_32x4d'] = dict(
-      _resnet(_d, se=_SE_PAPER, **_RESNEXT, **_LEGACY), stride_on='3x3')
+      _resnet(_d, se=_SE_PAPER, **_RESNEXT, **_LEGACY), stride_on='3x3'
+  )
 CONFIGS['legacy_senet154'] = dict(_LEGACY, **_SENET154, se=_SE_PAPER)
 CONFIGS['senet154'] = dict(_TIMM, **_SENET154, se=_SE_TIMM)
 
 # The paper's names: the Caffe networks (legacy_* without timm's dropout).
-for _paper, _legacy in (('se_resnet50', 'legacy_seresnet50'),
-                        ('se_resnet101', 'legacy_seresnet101'),
-                        ('se_resnet152', 'legacy_seresnet152'),
-                        ('se_resnext50_32x4d', 'legacy_seresnext50_32x4d'),
-                        ('se_resnext101_32x4d', 'legacy_seresnext101_32x4d')):
+for _paper, _legacy in (
+    ('se_resnet50', 'legacy_seresnet50'),
+    ('se_resnet101', 'legacy_seresnet101'),
+    ('se_resnet152', 'legacy_seresnet152'),
+    ('se_resnext50_32x4d', 'legacy_seresnext50_32x4d'),
+    ('se_resnext101_32x4d', 'legacy_seresnext101_32x4d'),
+):
   CONFIGS[_paper] = dict(CONFIGS[_legacy], drop_rate=0.0)
 
 # Small networks for tests, the quickstart and CPU experiments.
-_TINY = dict(stage_sizes=(1, 1, 1, 1), bottleneck=False,
-             stage_planes=(16, 32, 64, 128), stem_width=16, **_TIMM)
+_TINY = dict(
+    stage_sizes=(1, 1, 1, 1),
+    bottleneck=False,
+    stage_planes=(16, 32, 64, 128),
+    stem_width=16,
+    **_TIMM,
+)
 CONFIGS['resnet_tiny'] = dict(_TINY, se=None)
 CONFIGS['seresnet_tiny'] = dict(_TINY, se=_SE_TIMM)
 del _d, _paper, _legacy

@@ -73,6 +73,7 @@ class ShuffleUnit(nn.Module):
     group_first: whether the first 1x1 is grouped (False only for the
       first unit of the network).
   """
+
   features: int
   strides: int
   groups: int
@@ -86,8 +87,9 @@ class ShuffleUnit(nn.Module):
     in_features = x.shape[-1]
     mid = self.features // 4
     out = self.features - in_features if self.strides == 2 else self.features
-    y = self.conv(mid, 1, groups=self.groups if self.group_first else 1,
-                  name='conv1')(x)
+    y = self.conv(
+        mid, 1, groups=self.groups if self.group_first else 1, name='conv1'
+    )(x)
     y = nn.relu(self.norm('bn1')(y))
     if self.group_first:
       y = channel_shuffle(y, self.groups)
@@ -113,6 +115,7 @@ class ShuffleNetV1(base.Network):
     stem_width: channels of the 3x3/2 stem conv (24).
     se: SqueezeExcite factory (end of every unit's branch) or None.
   """
+
   groups: int = 3
   stage_widths: Sequence[int] = (240, 480, 960)
   stage_sizes: Sequence[int] = (4, 8, 4)
@@ -121,12 +124,16 @@ class ShuffleNetV1(base.Network):
   def __post_init__(self):
     # Fail at construction, not in the middle of tracing.
     if len(self.stage_widths) != len(self.stage_sizes):
-      raise ValueError('stage_widths and stage_sizes differ in length: '
-                       f'{self.stage_widths} vs {self.stage_sizes}')
+      raise ValueError(
+          'stage_widths and stage_sizes differ in length: '
+          f'{self.stage_widths} vs {self.stage_sizes}'
+      )
     if any(w % (4 * self.groups) for w in self.stage_widths):
-      raise ValueError(f'stage widths {self.stage_widths} must be multiples '
-                       f'of 4 * groups = {4 * self.groups} (bottleneck w/4 '
-                       'in grouped convs)')
+      raise ValueError(
+          f'stage widths {self.stage_widths} must be multiples '
+          f'of 4 * groups = {4 * self.groups} (bottleneck w/4 '
+          'in grouped convs)'
+      )
     super().__post_init__()
 
   @nn.compact
@@ -134,17 +141,21 @@ class ShuffleNetV1(base.Network):
     """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
     layers.check_nhwc(x, type(self).__name__)
     conv, norm, se = self.layer_factories(train)
-    unit = functools.partial(ShuffleUnit, groups=self.groups, conv=conv,
-                             norm=norm, se=se)
+    unit = functools.partial(
+        ShuffleUnit, groups=self.groups, conv=conv, norm=norm, se=se
+    )
     x = x.astype(self.dtype)
     x = conv(self.stem_width, 3, 2, name='conv1')(x)
     x = nn.relu(norm('bn1')(x))
     x = layers.max_pool_padded(x, 3, 2, padding=1)
-    for i, (width, size) in enumerate(zip(self.stage_widths,
-                                          self.stage_sizes)):
+    for i, (width, size) in enumerate(zip(self.stage_widths, self.stage_sizes)):
       for j in range(size):
-        x = unit(width, 2 if j == 0 else 1, group_first=i > 0 or j > 0,
-                 name=f'stage{i + 2}_unit{j}')(x)
+        x = unit(
+            width,
+            2 if j == 0 else 1,
+            group_first=i > 0 or j > 0,
+            name=f'stage{i + 2}_unit{j}',
+        )(x)
     x = layers.global_avg_pool(x)
     return self.classify(x, train=train)
 

@@ -21,6 +21,7 @@ from se_flax import layers
 @dataclasses.dataclass(frozen=True)
 class ModelStats:
   """Counts for one network at one input size (batch 1)."""
+
   params: int
   macs: int
   se_params: int
@@ -43,14 +44,16 @@ def _in_se(path: tuple[str, ...]) -> bool:
   return any(name == 'se' or name.startswith('se_') for name in path)
 
 
-def model_stats(model: Union[str, nn.Module], image_size: int = 224,
-                **create_kwargs) -> ModelStats:
+def model_stats(
+    model: Union[str, nn.Module], image_size: int = 224, **create_kwargs
+) -> ModelStats:
   """Counts parameters and MACs of `model` for one `image_size` RGB image.
 
   Nothing is computed: shapes come from `jax.eval_shape`.
   """
   if isinstance(model, str):
     from se_flax.models.registry import create_model
+
     model = create_model(model, **create_kwargs)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   macs = {'total': 0, 'se': 0, 'se_scale': 0}
@@ -81,22 +84,34 @@ def model_stats(model: Union[str, nn.Module], image_size: int = 224,
 
   variables = jax.eval_shape(init, x)
   params = variables['params']
-  se_params = _count([v for path, v in
-                      jax.tree_util.tree_flatten_with_path(params)[0]
-                      if _in_se(tuple(getattr(k, 'key', '') for k in path))])
-  return ModelStats(params=_count(params), macs=macs['total'],
-                    se_params=se_params, se_macs=macs['se'],
-                    batch_stats=_count(variables.get('batch_stats', {})),
-                    se_scale_ops=macs['se_scale'])
+  se_params = _count(
+      [
+          v
+          for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+          if _in_se(tuple(getattr(k, 'key', '') for k in path))
+      ]
+  )
+  return ModelStats(
+      params=_count(params),
+      macs=macs['total'],
+      se_params=se_params,
+      se_macs=macs['se'],
+      batch_stats=_count(variables.get('batch_stats', {})),
+      se_scale_ops=macs['se_scale'],
+  )
 
 
 def format_table(names, image_size: int = 224) -> str:
   """A markdown table of parameters and MACs for the registered `names`."""
-  rows = ['| Model | Params | of which SE | MACs | of which SE | BN stats | '
-          'SE scale ops |', '|---|---:|---:|---:|---:|---:|---:|']
+  rows = [
+      '| Model | Params | of which SE | MACs | of which SE | BN stats | '
+      'SE scale ops |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+  ]
   for name in names:
     s = model_stats(name, image_size)
-    rows.append(f'| {name} | {s.params:,} | {s.se_params:,} | {s.macs:,} | '
-                f'{s.se_macs:,} | {s.batch_stats:,} | {s.se_scale_ops:,} |')
+    rows.append(
+        f'| {name} | {s.params:,} | {s.se_params:,} | {s.macs:,} | '
+        f'{s.se_macs:,} | {s.batch_stats:,} | {s.se_scale_ops:,} |'
+    )
   return '\n'.join(rows)
-

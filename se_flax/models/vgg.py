@@ -31,14 +31,19 @@ from se_flax import layers
 from se_flax.layers import ModuleDef
 from se_flax.models import base
 
-
 # Conv widths per stage (VGG "configuration D" = VGG-16).
-VGG16 = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512),
-         (512, 512, 512))
+VGG16 = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
 
 
 class ConvUnit(nn.Module):
   """3x3 conv (with bias) -> BN -> ReLU (-> SE), the unit of VGG-BN."""
+
   features: int
   conv: ModuleDef
   norm: ModuleDef
@@ -64,6 +69,7 @@ class VGG(base.Network):
     drop_rate: dropout after fc1's ReLU and before the classifier, as in
       timm (0 by default; the original VGG trained with 0.5).
   """
+
   stages: Sequence[Sequence[int]] = VGG16
   head_width: int = 4096
   head_kernel: int = 7

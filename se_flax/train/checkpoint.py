@@ -62,9 +62,11 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 def _manager(directory: epath.Path, keep: int, async_save: bool):
   options = ocp.CheckpointManagerOptions(
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-      enable_async_checkpointing=async_save, create=True,
+      enable_async_checkpointing=async_save,
+      create=True,
       # Leftovers of a save that was killed; safe under the workdir lock.
-      cleanup_tmp_directories=True)
+      cleanup_tmp_directories=True,
+  )
   return ocp.CheckpointManager(directory, options=options)
 
 
@@ -73,10 +75,11 @@ def _local_checkpointer(handler=ocp.PyTreeCheckpointHandler):
   other processes at a barrier after every read, so a read that only one
   process makes would leave the processes' barriers out of step."""
   local = ocp.options.MultiprocessingOptions(
-      primary_host=jax.process_index(),
-      active_processes={jax.process_index()})
-  return ocp.Checkpointer(handler(multiprocessing_options=local),
-                          multiprocessing_options=local)
+      primary_host=jax.process_index(), active_processes={jax.process_index()}
+  )
+  return ocp.Checkpointer(
+      handler(multiprocessing_options=local), multiprocessing_options=local
+  )
 
 
 def read_meta(step_dir: epath.Path) -> dict:
@@ -86,10 +89,12 @@ def read_meta(step_dir: epath.Path) -> dict:
       meta = checkpointer.restore(step_dir / 'meta')
   except Exception as e:  # Missing, truncated or garbled JSON.
     raise CorruptCheckpointError(
-        f'{step_dir}: metadata unreadable ({_one_line(e)})') from None
+        f'{step_dir}: metadata unreadable ({_one_line(e)})'
+    ) from None
   if not isinstance(meta, dict) or 'step' not in meta:
-    raise CorruptCheckpointError(f'{step_dir}: metadata is not a se_flax '
-                                 'checkpoint record')
+    raise CorruptCheckpointError(
+        f'{step_dir}: metadata is not a se_flax ' 'checkpoint record'
+    )
   return meta
 
 
@@ -102,21 +107,27 @@ def verify(tree, meta: dict, where: str, partial: bool = False) -> None:
   leaves = integrity.host_leaves(tree)
   manifest = meta.get('checksums')
   if manifest is None and ('format' in meta or 'run' in meta):
-    raise CorruptCheckpointError(f'{where}: its checksum manifest is missing '
-                                 'from its metadata')
+    raise CorruptCheckpointError(
+        f'{where}: its checksum manifest is missing ' 'from its metadata'
+    )
   if manifest is None:
-    logging.warning('%s has no checksum manifest (saved by an older '
-                    'se_flax): its contents are not verified', where)
+    logging.warning(
+        '%s has no checksum manifest (saved by an older '
+        'se_flax): its contents are not verified',
+        where,
+    )
   else:
     wrong = integrity.mismatches(leaves, manifest, partial=partial)
     if wrong:
       raise CorruptCheckpointError(
           f'{where}: contents do not match the checksums saved with it: '
-          f'{integrity.summarise(wrong)}')
+          f'{integrity.summarise(wrong)}'
+      )
   bad = integrity.nonfinite(leaves)
   if bad:
-    raise CorruptCheckpointError(f'{where}: non-finite values in '
-                                 f'{integrity.summarise(bad)}')
+    raise CorruptCheckpointError(
+        f'{where}: non-finite values in ' f'{integrity.summarise(bad)}'
+    )
 
 
 class Checkpoints:
@@ -158,7 +169,8 @@ class Checkpoints:
         raise NonFiniteStateError(
             f'Refused to save step {step} to {where}: non-finite values in '
             f'{integrity.summarise(bad)}. Nothing was written; the '
-            'checkpoints already on disk are unchanged.')
+            'checkpoints already on disk are unchanged.'
+        )
       checksums = integrity.checksums(leaves)
       self._last_seal = (step, state, checksums)
     return {**meta, 'format': FORMAT, 'checksums': checksums}
@@ -168,8 +180,12 @@ class Checkpoints:
     if step in self.latest.all_steps():
       return
     meta = self._sealed(step, state, meta, self.step_dir(step))
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self.latest.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+    )
 
   def best_top1(self) -> Optional[float]:
     """Top-1 of the kept best checkpoint (read from disk once), or None."""
@@ -178,12 +194,13 @@ class Checkpoints:
       step = self.best.latest_step()
       if step is not None:
         try:
-          self._best_top1 = float(self.meta(step, best=True)['metrics']
-                                  ['top1'])
+          self._best_top1 = float(self.meta(step, best=True)['metrics']['top1'])
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
-          logging.warning('%s: no readable top-1 (%s); the next evaluation '
-                          'replaces it', self.step_dir(step, True),
-                          _one_line(e))
+          logging.warning(
+              '%s: no readable top-1 (%s); the next evaluation ' 'replaces it',
+              self.step_dir(step, True),
+              _one_line(e),
+          )
     return self._best_top1
 
   def save_best(self, step: int, state, meta: dict, top1: float) -> bool:
@@ -191,15 +208,27 @@ class Checkpoints:
     best = self.best_top1()
     if (best is not None and top1 <= best) or step in self.best.all_steps():
       return False
-    meta = self._sealed(step, state, {**meta, 'metrics': {'top1': top1}},
-                        self.step_dir(step, best=True))
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    meta = self._sealed(
+        step,
+        state,
+        {**meta, 'metrics': {'top1': top1}},
+        self.step_dir(step, best=True),
+    )
+    self.best.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+    )
     self._best_top1 = top1
     return True
 
-  def restore(self, abstract_state, step: Optional[int] = None,
-              meta: Optional[dict] = None):
+  def restore(
+      self,
+      abstract_state,
+      step: Optional[int] = None,
+      meta: Optional[dict] = None,
+  ):
     """Restores and verifies one step onto `abstract_state`'s layout.
 
     The shardings come from the current mesh, so a checkpoint written on 8
@@ -213,21 +242,29 @@ class Checkpoints:
     where = self.step_dir(step)
     meta = self.meta(step) if meta is None else meta
     try:
-      restored = self.latest.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+      restored = self.latest.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)
+          ),
+      )
     except Exception as e:  # Damaged files, or another model's checkpoint.
-      saved_by = (f'model {meta.get("model")!r} with '
-                  f'{meta.get("run", {}).get("num_classes", "?")} classes')
+      saved_by = (
+          f'model {meta.get("model")!r} with '
+          f'{meta.get("run", {}).get("num_classes", "?")} classes'
+      )
       differ = shape_differences(where, abstract_state)
       if differ:
         raise IncompatibleCheckpointError(
             f'{where} is intact but holds another state ({saved_by}): '
             f'{integrity.summarise(differ)}. A change of parameter shapes '
             'cannot be resumed: use a new workdir (and load these weights '
-            'there if you want them)') from None
+            'there if you want them)'
+        ) from None
       raise CorruptCheckpointError(
           f'{where}: cannot be restored ({_one_line(e)}); it was saved by '
-          f'{saved_by}') from None
+          f'{saved_by}'
+      ) from None
     verify(restored.state, meta, str(where))
     return restored.state, meta
 
@@ -242,8 +279,9 @@ class Checkpoints:
       return str(e)
     return None
 
-  def quarantine(self, step: int, reason: str,
-                 best: bool = False) -> epath.Path:
+  def quarantine(
+      self, step: int, reason: str, best: bool = False
+  ) -> epath.Path:
     """Moves a checkpoint to `corrupt/` (call on one process)."""
     stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
     kind = 'best' if best else 'checkpoints'
@@ -273,13 +311,10 @@ def _step_dirs(workdir: str, best: bool) -> tuple[epath.Path, list[int]]:
   directory = workdir_path(workdir) / ('best' if best else 'checkpoints')
   if not directory.is_dir():
     raise FileNotFoundError(f'No checkpoints under {directory}')
-  steps = sorted(int(d.name) for d in directory.iterdir()
-                 if d.name.isdigit())
+  steps = sorted(int(d.name) for d in directory.iterdir() if d.name.isdigit())
   if not steps:
     raise FileNotFoundError(f'No finished checkpoint in {directory}')
   return directory, steps
-
-
 
 
 def _state_metadata(path: epath.Path):
@@ -289,11 +324,13 @@ def _state_metadata(path: epath.Path):
       metadata = checkpointer.metadata(path)
     except Exception as e:
       raise CorruptCheckpointError(
-          f'{path}: array metadata unreadable ({_one_line(e)})') from None
+          f'{path}: array metadata unreadable ({_one_line(e)})'
+      ) from None
   tree = getattr(getattr(metadata, 'item_metadata', None), 'tree', None)
   if tree is None:
     raise CorruptCheckpointError(
-        f'{path}: array metadata (_METADATA) missing or unreadable')
+        f'{path}: array metadata (_METADATA) missing or unreadable'
+    )
   return tree
 
 
@@ -304,16 +341,24 @@ def shape_differences(step_dir: epath.Path, abstract_state) -> list[str]:
     tree = _state_metadata(step_dir / 'state')
   except CorruptCheckpointError:
     return []
-  stored = {integrity.leaf_name(p): tuple(leaf.shape) for p, leaf in
-            jax.tree_util.tree_flatten_with_path(tree)[0]
-            if hasattr(leaf, 'shape')}
-  wanted = {integrity.leaf_name(p): tuple(x.shape) for p, x in
-            jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-  lines = [f'{n}: stored {stored[n]}, wanted {wanted[n]}'
-           for n in sorted(wanted) if n in stored and stored[n] != wanted[n]]
+  stored = {
+      integrity.leaf_name(p): tuple(leaf.shape)
+      for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+      if hasattr(leaf, 'shape')
+  }
+  wanted = {
+      integrity.leaf_name(p): tuple(x.shape)
+      for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  }
+  lines = [
+      f'{n}: stored {stored[n]}, wanted {wanted[n]}'
+      for n in sorted(wanted)
+      if n in stored and stored[n] != wanted[n]
+  ]
   lines += [f'{n}: not stored' for n in sorted(wanted) if n not in stored]
-  lines += [f'{n}: stored, not wanted' for n in sorted(stored)
-            if n not in wanted]
+  lines += [
+      f'{n}: stored, not wanted' for n in sorted(stored) if n not in wanted
+  ]
   return lines
 
 
@@ -328,13 +373,19 @@ def _read_numpy(path: epath.Path, keys=None) -> dict[str, Any]:
         raise KeyError(missing)
       tree = {k: tree[k] for k in keys}
     as_numpy = jax.tree_util.tree_map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+    )
     try:
-      return checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-          item=tree, restore_args=as_numpy, partial_restore=keys is not None))
+      return checkpointer.restore(
+          path,
+          args=ocp.args.PyTreeRestore(
+              item=tree, restore_args=as_numpy, partial_restore=keys is not None
+          ),
+      )
     except Exception as e:
       raise CorruptCheckpointError(
-          f'{path}: cannot be read ({_one_line(e)})') from None
+          f'{path}: cannot be read ({_one_line(e)})'
+      ) from None
 
 
 def verify_step_dir(step_dir: epath.Path, meta: Optional[dict] = None):
@@ -345,19 +396,26 @@ def verify_step_dir(step_dir: epath.Path, meta: Optional[dict] = None):
 
 def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
   meta = read_meta(step_dir)
-  wanted = ('ema_params', 'ema_batch_stats') if ema else (
-      'params', 'batch_stats')
+  wanted = (
+      ('ema_params', 'ema_batch_stats') if ema else ('params', 'batch_stats')
+  )
   try:
     state = _read_numpy(step_dir / 'state', wanted)
   except KeyError:
-    raise ValueError(f'{step_dir} has no EMA weights (train with '
-                     'ema_decay > 0)') from None
+    raise ValueError(
+        f'{step_dir} has no EMA weights (train with ' 'ema_decay > 0)'
+    ) from None
   verify(state, meta, str(step_dir), partial=True)
   return {'params': state[wanted[0]], 'batch_stats': state[wanted[1]]}
 
 
-def load_variables(workdir: str, step: Optional[int] = None, *,
-                   ema: bool = False, best: bool = False) -> dict[str, Any]:
+def load_variables(
+    workdir: str,
+    step: Optional[int] = None,
+    *,
+    ema: bool = False,
+    best: bool = False,
+) -> dict[str, Any]:
   """Loads `{'params', 'batch_stats'}` from a training workdir as numpy.
 
   For notebooks: needs neither the config nor the optimizer. `step` None
@@ -369,8 +427,10 @@ def load_variables(workdir: str, step: Optional[int] = None, *,
   directory, steps = _step_dirs(workdir, best)
   if step is not None:
     if step not in steps:
-      raise FileNotFoundError(f'No checkpoint for step {step} in '
-                              f'{directory}; available: {steps}')
+      raise FileNotFoundError(
+          f'No checkpoint for step {step} in '
+          f'{directory}; available: {steps}'
+      )
     return _load_step(directory / str(step), ema)
   problems = []
   for candidate in reversed(steps):
@@ -379,12 +439,19 @@ def load_variables(workdir: str, step: Optional[int] = None, *,
     except CorruptCheckpointError as e:
       logging.warning('Skipping checkpoint %d: %s', candidate, e)
       problems.append(str(e))
-  raise CorruptCheckpointError(f'No intact checkpoint in {directory}: ' +
-                               ' | '.join(problems))
+  raise CorruptCheckpointError(
+      f'No intact checkpoint in {directory}: ' + ' | '.join(problems)
+  )
 
 
-def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
-                     ema: bool = False, best: bool = False) -> str:
+def export_variables(
+    workdir: str,
+    path: str,
+    step: Optional[int] = None,
+    *,
+    ema: bool = False,
+    best: bool = False,
+) -> str:
   """Writes a checkpoint's `params`/`batch_stats` to a plain `.npz` file.
 
   Keys are '/'-joined paths ('params/stage1_block0/conv1/kernel'); numpy
@@ -394,9 +461,10 @@ def export_variables(workdir: str, path: str, step: Optional[int] = None, *,
   if not path.endswith('.npz'):
     raise ValueError(f'Export path must end in .npz, got {path!r}')
   variables = load_variables(workdir, step, ema=ema, best=best)
-  flat = {'/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
-          for key_path, v in jax.tree_util.tree_flatten_with_path(
-              variables)[0]}
+  flat = {
+      '/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
+      for key_path, v in jax.tree_util.tree_flatten_with_path(variables)[0]
+  }
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   write_atomic(workdir_path(path), buffer.getvalue())
@@ -422,7 +490,8 @@ def load_exported(path: str) -> dict[str, Any]:
     if isinstance(e, FileNotFoundError):
       raise
     raise CorruptCheckpointError(
-        f'{path}: not a readable se_flax export ({_one_line(e)})') from None
+        f'{path}: not a readable se_flax export ({_one_line(e)})'
+    ) from None
   return variables
 
 
@@ -433,22 +502,33 @@ def main(argv=None, *, exit_quietly: bool = False):
   the process at once; otherwise it raises SystemExit with the message.
   """
   import argparse
+
   parser = argparse.ArgumentParser(
-      description='Export the weights of a training workdir to a .npz file.')
+      description='Export the weights of a training workdir to a .npz file.'
+  )
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--output', required=True, help='path ending in .npz')
-  parser.add_argument('--step', type=int, default=None,
-                      help='checkpoint step (default: the newest intact)')
+  parser.add_argument(
+      '--step',
+      type=int,
+      default=None,
+      help='checkpoint step (default: the newest intact)',
+  )
   parser.add_argument('--ema', action='store_true', help='the EMA weights')
-  parser.add_argument('--best', action='store_true',
-                      help='the best-top-1 checkpoint instead of the latest')
+  parser.add_argument(
+      '--best',
+      action='store_true',
+      help='the best-top-1 checkpoint instead of the latest',
+  )
   args = parser.parse_args(argv)
   try:
-    path = export_variables(args.workdir, args.output, args.step,
-                            ema=args.ema, best=args.best)
+    path = export_variables(
+        args.workdir, args.output, args.step, ema=args.ema, best=args.best
+    )
   except (CheckpointError, FileNotFoundError, ValueError) as e:
     if exit_quietly:
       from se_flax.train import cli  # pylint: disable=g-import-not-at-top
+
       cli.fail('export', e)
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {path}')
@@ -456,5 +536,6 @@ def main(argv=None, *, exit_quietly: bool = False):
 
 if __name__ == '__main__':
   from se_flax.train import cli as _cli  # pylint: disable=g-import-not-at-top
+
   _cli.install_quiet_shutdown()
   main(exit_quietly=True)

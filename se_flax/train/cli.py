@@ -24,8 +24,9 @@ from absl import logging
 
 def quiet_late_async_errors(unraisable) -> None:
   """`sys.unraisablehook`: drops callbacks that reach a closed event loop."""
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and 'Event loop is closed' in str(unraisable.exc_value)):
+  if isinstance(
+      unraisable.exc_value, RuntimeError
+  ) and 'Event loop is closed' in str(unraisable.exc_value):
     logging.debug('Ignored after shutdown: %s', unraisable.exc_value)
     return
   sys.__unraisablehook__(unraisable)
@@ -42,16 +43,21 @@ def install_quiet_shutdown() -> None:
 # verbosity (absl routes several libraries' records through one logger,
 # so they are told apart by file): Orbax's per-save steps, TFDS's
 # dataset-info loads and preparation notes, JAX's backend probing.
-_CHATTY_SOURCES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/xla_bridge',
-                   '/gcsfs/')
+_CHATTY_SOURCES = (
+    '/orbax/',
+    '/tensorflow_datasets/',
+    '/jax/_src/xla_bridge',
+    '/gcsfs/',
+)
 
 
 class _QuietLibraries(std_logging.Filter):
 
   def filter(self, record):
     # std logging levels: absl's constants (WARNING == -1) are another scale.
-    return (record.levelno >= std_logging.ERROR
-            or not any(s in record.pathname for s in _CHATTY_SOURCES))
+    return record.levelno >= std_logging.ERROR or not any(
+        s in record.pathname for s in _CHATTY_SOURCES
+    )
 
 
 def quiet_library_logs(verbosity: int) -> None:
@@ -69,6 +75,7 @@ def import_tensorflow(verbosity: int):
   """
   if verbosity >= 1 or 'tensorflow' in sys.modules:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     return tf
   sys.stderr.flush()
   saved = os.dup(2)

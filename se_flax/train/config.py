@@ -50,9 +50,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic_eval_examples = 50_000
   # 'tiny_imagenet': ImageNet-format archives made on the spot (or reused)
   # under `root`, prepared by TFDS's own imagenet2012 builder.
-  c.data.tiny = ml_collections.ConfigDict(dict(
-      root='/tmp/se_flax_tiny_imagenet', num_classes=10, train_per_class=60,
-      val_per_class=17, image_size=96))
+  c.data.tiny = ml_collections.ConfigDict(
+      dict(
+          root='/tmp/se_flax_tiny_imagenet',
+          num_classes=10,
+          train_per_class=60,
+          val_per_class=17,
+          image_size=96,
+      )
+  )
 
   c.batch_size = 1024  # Global, over all devices and processes.
   c.eval_batch_size = placeholder(int)  # None: batch_size.
@@ -115,10 +121,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-_SE_FIELDS = {'se_reduction': 'reduction', 'se_squeeze': 'squeeze',
-              'se_gate': 'gate', 'se_use_bias': 'use_bias'}
-_MODEL_FIELDS = ('se_position', 'se_stages', 'drop_rate', 'zero_init_last_bn',
-                 'layer_impl')
+_SE_FIELDS = {
+    'se_reduction': 'reduction',
+    'se_squeeze': 'squeeze',
+    'se_gate': 'gate',
+    'se_use_bias': 'use_bias',
+}
+_MODEL_FIELDS = (
+    'se_position',
+    'se_stages',
+    'drop_rate',
+    'zero_init_last_bn',
+    'layer_impl',
+)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -128,48 +143,89 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   se_fields = {v: m[k] for k, v in _SE_FIELDS.items() if m[k] is not None}
   if not m.se:
     if se_fields:
-      raise ValueError(f'config.model.se is False but SE fields are set: '
-                       f'{sorted(se_fields)}')
+      raise ValueError(
+          f'config.model.se is False but SE fields are set: '
+          f'{sorted(se_fields)}'
+      )
     overrides['se'] = None
   elif se_fields:
     overrides['se'] = se_fields
   return registry.create_model(
-      m.name, num_classes=num_classes, bn_momentum=m.bn_momentum,
-      dtype=jnp.dtype(m.dtype), **overrides)
+      m.name,
+      num_classes=num_classes,
+      bn_momentum=m.bn_momentum,
+      dtype=jnp.dtype(m.dtype),
+      **overrides,
+  )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails fast, before any compilation, naming the offending field."""
+
   def check(ok, field, message):
     if not ok:
       raise ValueError(f'config.{field}: {message}')
+
   devices = jax.device_count()
   eval_batch = config.eval_batch_size or config.batch_size
-  check(config.batch_size > 0 and config.batch_size % devices == 0,
-        'batch_size', f'{config.batch_size} must be a positive multiple of '
-        f'the {devices} devices')
-  check(eval_batch % devices == 0, 'eval_batch_size',
-        f'{eval_batch} must be a multiple of the {devices} devices')
-  check(config.model.name in registry.list_models(), 'model.name',
-        f'unknown model {config.model.name!r}; see se_flax.list_models()')
+  check(
+      config.batch_size > 0 and config.batch_size % devices == 0,
+      'batch_size',
+      f'{config.batch_size} must be a positive multiple of '
+      f'the {devices} devices',
+  )
+  check(
+      eval_batch % devices == 0,
+      'eval_batch_size',
+      f'{eval_batch} must be a multiple of the {devices} devices',
+  )
+  check(
+      config.model.name in registry.list_models(),
+      'model.name',
+      f'unknown model {config.model.name!r}; see se_flax.list_models()',
+  )
   groups = config.model.bn_groups
-  check(groups <= 1 or config.batch_size % groups == 0, 'model.bn_groups',
-        f'{groups} groups do not divide batch_size {config.batch_size}')
-  check(config.model.dtype in ('float32', 'bfloat16'), 'model.dtype',
-        f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
-        "no loss scaling needed) or 'float32'"
-        + ('; float16 would need loss scaling, which this trainer does not '
-           'do' if config.model.dtype == 'float16' else ''))
-  check(config.lr_schedule in ('step', 'cosine'), 'lr_schedule',
-        f"{config.lr_schedule!r} is not 'step' or 'cosine'")
-  check(config.nonfinite in ('skip', 'stop'), 'nonfinite',
-        f"{config.nonfinite!r} is not 'skip' or 'stop'")
+  check(
+      groups <= 1 or config.batch_size % groups == 0,
+      'model.bn_groups',
+      f'{groups} groups do not divide batch_size {config.batch_size}',
+  )
+  check(
+      config.model.dtype in ('float32', 'bfloat16'),
+      'model.dtype',
+      f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
+      "no loss scaling needed) or 'float32'"
+      + (
+          '; float16 would need loss scaling, which this trainer does not ' 'do'
+          if config.model.dtype == 'float16'
+          else ''
+      ),
+  )
+  check(
+      config.lr_schedule in ('step', 'cosine'),
+      'lr_schedule',
+      f"{config.lr_schedule!r} is not 'step' or 'cosine'",
+  )
+  check(
+      config.nonfinite in ('skip', 'stop'),
+      'nonfinite',
+      f"{config.nonfinite!r} is not 'skip' or 'stop'",
+  )
   check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
-  check(config.preemption_check_every_steps > 0,
-        'preemption_check_every_steps', 'must be positive')
-  check(0.0 <= config.label_smoothing < 1.0, 'label_smoothing',
-        'must be in [0, 1)')
-  check(config.num_train_steps > 0 or config.num_epochs > 0, 'num_epochs',
-        'set num_epochs or num_train_steps')
+  check(
+      config.preemption_check_every_steps > 0,
+      'preemption_check_every_steps',
+      'must be positive',
+  )
+  check(
+      0.0 <= config.label_smoothing < 1.0,
+      'label_smoothing',
+      'must be in [0, 1)',
+  )
+  check(
+      config.num_train_steps > 0 or config.num_epochs > 0,
+      'num_epochs',
+      'set num_epochs or num_train_steps',
+  )
   # Building the module checks the model fields, still without compiling.
   build_model(config, num_classes=2)

@@ -21,6 +21,7 @@ class Inputs:
   `train(start_step)` gives the batches from global step `start_step` on;
   `eval()` one padded pass over the eval split.
   """
+
   num_train_examples: int
   num_eval_examples: int
   num_classes: int
@@ -32,42 +33,57 @@ class Inputs:
 def create_inputs(config: ml_collections.ConfigDict) -> Inputs:
   data = config.data
   eval_batch = config.eval_batch_size or config.batch_size
-  process = dict(process_index=jax.process_index(),
-                 process_count=jax.process_count())
+  process = dict(
+      process_index=jax.process_index(), process_count=jax.process_count()
+  )
   if data.source == 'synthetic':
     return _synthetic_inputs(config, eval_batch, **process)
   if data.source not in ('tfds', 'tiny_imagenet'):
-    raise ValueError("config.data.source must be 'tfds', 'synthetic' or "
-                     f"'tiny_imagenet', got {data.source!r}")
+    raise ValueError(
+        "config.data.source must be 'tfds', 'synthetic' or "
+        f"'tiny_imagenet', got {data.source!r}"
+    )
   from se_flax.data import pipeline  # TensorFlow from here on.
+
   if data.source == 'tiny_imagenet':
     data = _with_tiny_imagenet(data)
   info = pipeline.dataset_info(data)
   eval_iterable = pipeline.create_eval_iterator(
-      data, global_batch_size=eval_batch, **process)
+      data, global_batch_size=eval_batch, **process
+  )
   return Inputs(
       num_train_examples=info.num_train_examples,
       num_eval_examples=info.num_eval_examples,
       num_classes=info.num_classes,
       image_size=data.image_size,
       train=lambda start_step: pipeline.create_train_iterator(
-          data, global_batch_size=config.batch_size, seed=config.seed,
-          start_step=start_step, **process),
-      eval=lambda: eval_iterable)
+          data,
+          global_batch_size=config.batch_size,
+          seed=config.seed,
+          start_step=start_step,
+          **process,
+      ),
+      eval=lambda: eval_iterable,
+  )
 
 
 def _with_tiny_imagenet(data: ml_collections.ConfigDict):
   """Makes (or reuses) the tiny ImageNet and points the config at it."""
   from se_flax.data.tiny_imagenet import make_tiny_imagenet
+
   tiny = data.tiny
   make = lambda: make_tiny_imagenet(
-      tiny.root, num_classes=tiny.num_classes,
-      train_per_class=tiny.train_per_class, val_per_class=tiny.val_per_class,
-      image_size=tiny.image_size)
+      tiny.root,
+      num_classes=tiny.num_classes,
+      train_per_class=tiny.train_per_class,
+      val_per_class=tiny.val_per_class,
+      image_size=tiny.image_size,
+  )
   if jax.process_index() == 0:
     data_dir, manual_dir = make()
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices('tiny_imagenet_ready')
     data_dir, manual_dir = make()  # Reuses the copy process 0 made.
   data = ml_collections.ConfigDict(data.to_dict())
@@ -78,17 +94,24 @@ def _with_tiny_imagenet(data: ml_collections.ConfigDict):
 def _synthetic_inputs(config, eval_batch, *, process_index, process_count):
   """Random pixels; the global batches depend on (seed, step) alone."""
   data = config.data
-  common = dict(image_size=data.image_size,
-                num_classes=data.synthetic_num_classes, seed=config.seed,
-                process_index=process_index, process_count=process_count)
+  common = dict(
+      image_size=data.image_size,
+      num_classes=data.synthetic_num_classes,
+      seed=config.seed,
+      process_index=process_index,
+      process_count=process_count,
+  )
   return Inputs(
       num_train_examples=data.synthetic_train_examples,
       num_eval_examples=data.synthetic_eval_examples,
       num_classes=data.synthetic_num_classes,
       image_size=data.image_size,
       train=lambda start_step: synthetic.create_synthetic_iterator(
-          global_batch_size=config.batch_size, start_step=start_step,
-          **common),
+          global_batch_size=config.batch_size, start_step=start_step, **common
+      ),
       eval=lambda: synthetic.create_synthetic_eval(
           num_examples=data.synthetic_eval_examples,
-          global_batch_size=eval_batch, **common))
+          global_batch_size=eval_batch,
+          **common,
+      ),
+  )

@@ -61,31 +61,43 @@ def nonfinite(leaves: dict[str, np.ndarray]) -> list[str]:
   bad = []
   for name, array in leaves.items():
     if np.issubdtype(array.dtype, np.inexact) or array.dtype.name in (
-        'bfloat16', 'float8_e4m3fn', 'float8_e5m2'):
+        'bfloat16',
+        'float8_e4m3fn',
+        'float8_e5m2',
+    ):
       if not np.all(np.isfinite(array.astype(np.float32))):
         bad.append(name)
   return bad
 
 
-def mismatches(leaves: dict[str, np.ndarray], manifest: dict[str, str],
-               partial: bool = False) -> list[str]:
+def mismatches(
+    leaves: dict[str, np.ndarray],
+    manifest: dict[str, str],
+    partial: bool = False,
+) -> list[str]:
   """What differs between `leaves` and `manifest`, one line per leaf.
 
   `partial`: `leaves` is a subset (a partial restore); manifest entries
   that were not read are not reported.
   """
   found = checksums(leaves)
-  lines = [f'{name}: checksum differs' for name in sorted(found)
-           if name in manifest and manifest[name] != found[name]]
-  lines += [f'{name}: not in the manifest' for name in sorted(found)
-            if name not in manifest]
+  lines = [
+      f'{name}: checksum differs'
+      for name in sorted(found)
+      if name in manifest and manifest[name] != found[name]
+  ]
+  lines += [
+      f'{name}: not in the manifest'
+      for name in sorted(found)
+      if name not in manifest
+  ]
   if not partial:
-    lines += [f'{name}: missing' for name in sorted(manifest)
-              if name not in found]
+    lines += [
+        f'{name}: missing' for name in sorted(manifest) if name not in found
+    ]
   return lines
 
 
 def summarise(lines: list[str], limit: int = 3) -> str:
   more = len(lines) - limit
-  return '; '.join(lines[:limit]) + (f' (and {more} more)' if more > 0
-                                     else '')
+  return '; '.join(lines[:limit]) + (f' (and {more} more)' if more > 0 else '')

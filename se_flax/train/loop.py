@@ -30,6 +30,7 @@ from se_flax.train.state import TrainState
 @dataclasses.dataclass
 class TrainResult:
   """What `train_and_evaluate` returns, for notebooks and tests."""
+
   state: TrainState
   train_metrics: dict  # The last logged window.
   eval_metrics: dict  # The last evaluation ({} if none ran).
@@ -39,9 +40,10 @@ class TrainResult:
 
 def _write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
-    paths.write_atomic(paths.workdir_path(workdir) / 'config.json',
-                            config.to_json_best_effort(indent=2,
-                                                       sort_keys=True))
+    paths.write_atomic(
+        paths.workdir_path(workdir) / 'config.json',
+        config.to_json_best_effort(indent=2, sort_keys=True),
+    )
 
 
 def _init_fn(config, model, tx, image_size: int):
@@ -49,30 +51,37 @@ def _init_fn(config, model, tx, image_size: int):
     params_rng, state_rng = jax.random.split(rng)
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init(params_rng, x, train=False)
-    return TrainState.create(variables, tx, state_rng,
-                             use_ema=config.ema_decay > 0)
+    return TrainState.create(
+        variables, tx, state_rng, use_ema=config.ema_decay > 0
+    )
+
   return init
 
 
 def create_state(config, model, tx, image_size: int, mesh) -> TrainState:
   """Initialises the replicated state directly on the devices."""
-  init = jax.jit(_init_fn(config, model, tx, image_size),
-                 out_shardings=sharding.replicated(mesh))
+  init = jax.jit(
+      _init_fn(config, model, tx, image_size),
+      out_shardings=sharding.replicated(mesh),
+  )
   return init(jax.random.PRNGKey(config.seed))
 
 
 def abstract_state(config, model, tx, image_size: int, mesh) -> TrainState:
   """Shapes, dtypes and (replicated) shardings of the state; no compute."""
-  shapes = jax.eval_shape(_init_fn(config, model, tx, image_size),
-                          jax.random.PRNGKey(config.seed))
+  shapes = jax.eval_shape(
+      _init_fn(config, model, tx, image_size), jax.random.PRNGKey(config.seed)
+  )
   replicated = sharding.replicated(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      shapes)
+      shapes,
+  )
 
 
-def jit_steps(config, model, tx, schedule, mesh,
-              compiler_options: Any = 'default'):
+def jit_steps(
+    config, model, tx, schedule, mesh, compiler_options: Any = 'default'
+):
   """`(train_fn, eval_fn)`: the jitted steps over `mesh`.
 
   `train_fn(state, batch) -> (state, metrics)` donates the state;
@@ -87,17 +96,26 @@ def jit_steps(config, model, tx, schedule, mesh,
   dtype = jnp.dtype(config.model.dtype)
   train_fn = jax.jit(
       functools.partial(
-          steps.train_step, model=model, tx=tx, schedule=schedule,
+          steps.train_step,
+          model=model,
+          tx=tx,
+          schedule=schedule,
           label_smoothing=config.label_smoothing,
-          ema_decay=config.ema_decay, bn_groups=config.model.bn_groups,
-          dtype=dtype),
+          ema_decay=config.ema_decay,
+          bn_groups=config.model.bn_groups,
+          dtype=dtype,
+      ),
       in_shardings=(replicated, batch_sharding),
-      out_shardings=(replicated, replicated), donate_argnums=0,
-      compiler_options=compiler_options)
+      out_shardings=(replicated, replicated),
+      donate_argnums=0,
+      compiler_options=compiler_options,
+  )
   eval_fn = jax.jit(
       functools.partial(steps.eval_step, model=model, dtype=dtype),
-      in_shardings=(replicated, batch_sharding), out_shardings=replicated,
-      compiler_options=compiler_options)
+      in_shardings=(replicated, batch_sharding),
+      out_shardings=replicated,
+      compiler_options=compiler_options,
+  )
   return train_fn, eval_fn
 
 
@@ -113,46 +131,64 @@ def _num_train_steps(config, steps_per_epoch: int) -> int:
 
 def _meta(config, step: int, run: dict) -> dict:
   # The data position is a function of (seed, step, global batch).
-  return {'step': step, 'seed': config.seed, 'batch_size': config.batch_size,
-          'examples_seen': step * config.batch_size,
-          'model': config.model.name, 'run': run, 'config': json.loads(config.to_json_best_effort())}
+  return {
+      'step': step,
+      'seed': config.seed,
+      'batch_size': config.batch_size,
+      'examples_seen': step * config.batch_size,
+      'model': config.model.name,
+      'run': run,
+      'config': json.loads(config.to_json_best_effort()),
+  }
 
 
-def evaluate(eval_fn, state: TrainState, inputs: Inputs, batch_sharding,
-             ema: bool) -> dict:
+def evaluate(
+    eval_fn, state: TrainState, inputs: Inputs, batch_sharding, ema: bool
+) -> dict:
   """Loss, top-1 and top-5 over every example of the eval split once."""
   sums = None
   for batch in sharding.prefetch_to_mesh(inputs.eval(), batch_sharding):
     out = eval_fn(state.variables(ema), batch)
-    sums = out if sums is None else jax.tree_util.tree_map(
-        jnp.add, sums, out)
+    sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
   sums = jax.device_get(sums)
   count = int(sums['count'])
   if count != inputs.num_eval_examples:
-    logging.warning('Evaluated %d examples of %d (undecodable ones are '
-                    'skipped)', count, inputs.num_eval_examples)
-  return {'loss': float(sums['loss_sum']) / max(count, 1),
-          'top1': float(sums['top1_count']) / max(count, 1),
-          'top5': float(sums['top5_count']) / max(count, 1),
-          'num_examples': count}
+    logging.warning(
+        'Evaluated %d examples of %d (undecodable ones are ' 'skipped)',
+        count,
+        inputs.num_eval_examples,
+    )
+  return {
+      'loss': float(sums['loss_sum']) / max(count, 1),
+      'top1': float(sums['top1_count']) / max(count, 1),
+      'top5': float(sums['top5_count']) / max(count, 1),
+      'num_examples': count,
+  }
 
 
-def _summarise(fetched: list, timed_steps: int, seconds: float,
-               data_seconds: float, batch_size: int) -> dict:
+def _summarise(
+    fetched: list,
+    timed_steps: int,
+    seconds: float,
+    data_seconds: float,
+    batch_size: int,
+) -> dict:
   """Means over a window of per-step metrics (on the host), plus throughput.
 
   `seconds` must be measured after the window's results were fetched, so
   the steps have finished; throughput covers the `timed_steps` after
   compilation only.
   """
-  summary = {k: float(np.mean([m[k] for m in fetched]))
-             for k in fetched[0] if k != 'finite'}
+  summary = {
+      k: float(np.mean([m[k] for m in fetched]))
+      for k in fetched[0]
+      if k != 'finite'
+  }
   summary['nonfinite_steps'] = int(sum(not m['finite'] for m in fetched))
   if timed_steps:
     images_per_sec = timed_steps * batch_size / seconds
     summary['images_per_sec'] = images_per_sec
-    summary['images_per_sec_per_device'] = (
-        images_per_sec / jax.device_count())
+    summary['images_per_sec_per_device'] = images_per_sec / jax.device_count()
     summary['step_time_ms'] = 1e3 * seconds / timed_steps
     summary['data_wait_fraction'] = data_seconds / seconds
   return summary
@@ -161,16 +197,23 @@ def _summarise(fetched: list, timed_steps: int, seconds: float,
 def _device_memory() -> dict:
   """GiB in use and at peak on the first local device, where JAX tells."""
   stats = jax.local_devices()[0].memory_stats() or {}
-  return {name: stats[key] / 2**30 for name, key in (
-      ('device_memory_gib', 'bytes_in_use'),
-      ('device_memory_peak_gib', 'peak_bytes_in_use')) if key in stats}
+  return {
+      name: stats[key] / 2**30
+      for name, key in (
+          ('device_memory_gib', 'bytes_in_use'),
+          ('device_memory_peak_gib', 'peak_bytes_in_use'),
+      )
+      if key in stats
+  }
 
 
 def _data_counters(train_batches) -> dict:
   """Counts of bad input the train iterator met (where it keeps them)."""
   out = {}
-  for attr, name in (('num_skipped', 'undecodable_images'),
-                     ('num_corrupt_records', 'corrupt_records')):
+  for attr, name in (
+      ('num_skipped', 'undecodable_images'),
+      ('num_corrupt_records', 'corrupt_records'),
+  ):
     if hasattr(train_batches, attr):
       out[name] = int(getattr(train_batches, attr))
   return out
@@ -185,8 +228,11 @@ def _lock_workdir(workdir: str):
   lock, error = None, None
   if jax.process_index() == 0:
     try:  # Any failure is broadcast, or the other processes would wait.
-      lock = (object_store_lock.ObjectStoreLock(workdir)
-              if paths.is_url(workdir) else workdir_lock.WorkdirLock(workdir))
+      lock = (
+          object_store_lock.ObjectStoreLock(workdir)
+          if paths.is_url(workdir)
+          else workdir_lock.WorkdirLock(workdir)
+      )
       lock.acquire()
     except (workdir_lock.WorkdirInUseError, ValueError, OSError) as e:
       lock, error = None, e
@@ -194,16 +240,20 @@ def _lock_workdir(workdir: str):
     ok = multihost.broadcast_ints([error is None])[0]
     if not ok and error is None:
       error = workdir_lock.WorkdirInUseError(
-          f'{workdir}/{workdir_lock.LOCK_NAME}', None, 0.0,
+          f'{workdir}/{workdir_lock.LOCK_NAME}',
+          None,
+          0.0,
           message=f'Process 0 could not lock {workdir} (process 0 says '
-          'why: another trainer uses it, or the workdir is unusable)')
+          'why: another trainer uses it, or the workdir is unusable)',
+      )
   if error is not None:
     raise error
   return lock
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainResult:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> TrainResult:
   """Trains and evaluates; resumes from the newest intact checkpoint.
 
   Args:
@@ -224,8 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   validate_config(config)
   if config.compilation_cache_dir:
     # Process-wide by nature (JAX has one cache); set from the run config.
-    jax.config.update('jax_compilation_cache_dir',
-                      config.compilation_cache_dir)
+    jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
   lock = _lock_workdir(workdir)
   try:
     # From setup to the last save on disk: a signal during setup stops the
@@ -244,10 +293,12 @@ def _configure_runtime() -> None:
   if not runtime.backends_started():
     logging.info('%s', runtime.configure().describe())
   elif jax.default_backend() == 'cpu':
-    logging.warning('se_flax.configure_runtime() was not called before JAX '
-                    'started: CPU steps run with glibc\'s default malloc, '
-                    'which can make them 1.3x slower (README, "In a '
-                    'notebook")')
+    logging.warning(
+        'se_flax.configure_runtime() was not called before JAX '
+        "started: CPU steps run with glibc's default malloc, "
+        'which can make them 1.3x slower (README, "In a '
+        'notebook")'
+    )
 
 
 def _train(config, workdir: str, preemption) -> TrainResult:
@@ -261,19 +312,25 @@ def _train(config, workdir: str, preemption) -> TrainResult:
   model = build_model(config, inputs.num_classes)
   schedule = optim.create_schedule(config, steps_per_epoch)
   tx = optim.create_optimizer(config, schedule)
-  run = resume.fingerprint(config, num_classes=inputs.num_classes,
-                           train_steps=num_steps,
-                           process_count=jax.process_count())
+  run = resume.fingerprint(
+      config,
+      num_classes=inputs.num_classes,
+      train_steps=num_steps,
+      process_count=jax.process_count(),
+  )
 
-  ckpt = checkpoint.Checkpoints(workdir, keep=config.keep_checkpoints,
-                                async_save=config.async_checkpoints)
+  ckpt = checkpoint.Checkpoints(
+      workdir, keep=config.keep_checkpoints, async_save=config.async_checkpoints
+  )
   writer = None
   try:
     state = resume.restore_or_create(
-        config, ckpt, abstract_state(config, model, tx, inputs.image_size,
-                                     mesh),
+        config,
+        ckpt,
+        abstract_state(config, model, tx, inputs.image_size, mesh),
         lambda: create_state(config, model, tx, inputs.image_size, mesh),
-        run)
+        run,
+    )
     start_step = int(state.step)
     _write_config(config, workdir)
     train_fn, eval_fn = jit_steps(config, model, tx, schedule, mesh)
@@ -282,22 +339,51 @@ def _train(config, workdir: str, preemption) -> TrainResult:
       writer.write_hparams(_flat_hparams(config))
     num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
     data = config.data.source + (
-        f' {config.data.name}' if config.data.source == 'tfds' else '')
-    logging.info('%s, %.2fM params, %d classes; data: %s, %d training '
-                 'examples at %d px', config.model.name, num_params / 1e6,
-                 inputs.num_classes, data, inputs.num_train_examples,
-                 inputs.image_size)
-    logging.info('%d steps (%d per epoch) from step %d, global batch %d on '
-                 '%d devices; config in %s', num_steps, steps_per_epoch,
-                 start_step, config.batch_size, jax.device_count(),
-                 paths.workdir_path(workdir) / 'config.json')
-    result = _loop(config, state, start_step, num_steps, eval_every,
-                   train_fn, eval_fn, inputs, batch_sharding, ckpt, writer,
-                   run, workdir, preemption)
+        f' {config.data.name}' if config.data.source == 'tfds' else ''
+    )
+    logging.info(
+        '%s, %.2fM params, %d classes; data: %s, %d training '
+        'examples at %d px',
+        config.model.name,
+        num_params / 1e6,
+        inputs.num_classes,
+        data,
+        inputs.num_train_examples,
+        inputs.image_size,
+    )
+    logging.info(
+        '%d steps (%d per epoch) from step %d, global batch %d on '
+        '%d devices; config in %s',
+        num_steps,
+        steps_per_epoch,
+        start_step,
+        config.batch_size,
+        jax.device_count(),
+        paths.workdir_path(workdir) / 'config.json',
+    )
+    result = _loop(
+        config,
+        state,
+        start_step,
+        num_steps,
+        eval_every,
+        train_fn,
+        eval_fn,
+        inputs,
+        batch_sharding,
+        ckpt,
+        writer,
+        run,
+        workdir,
+        preemption,
+    )
     ckpt.wait()
     if result.preempted:
-      logging.warning('%s: step %d is saved; exiting', result.stop_signal,
-                      int(result.state.step))
+      logging.warning(
+          '%s: step %d is saved; exiting',
+          result.stop_signal,
+          int(result.state.step),
+      )
     return result
   finally:
     _close(ckpt, writer)
@@ -305,8 +391,11 @@ def _train(config, workdir: str, preemption) -> TrainResult:
 
 def _close(ckpt, writer) -> None:
   """Closes without letting a second error hide the first one."""
-  for close in (ckpt.close, getattr(writer, 'flush', None),
-                getattr(writer, 'close', None)):
+  for close in (
+      ckpt.close,
+      getattr(writer, 'flush', None),
+      getattr(writer, 'close', None),
+  ):
     if close is None:
       continue
     try:
@@ -315,16 +404,30 @@ def _close(ckpt, writer) -> None:
       logging.error('While shutting down: %s', e)
 
 
-def _loop(config, state, start_step, num_steps, eval_every, train_fn,
-          eval_fn, inputs, batch_sharding, ckpt, writer, run, workdir,
-          preemption) -> TrainResult:
+def _loop(
+    config,
+    state,
+    start_step,
+    num_steps,
+    eval_every,
+    train_fn,
+    eval_fn,
+    inputs,
+    batch_sharding,
+    ckpt,
+    writer,
+    run,
+    workdir,
+    preemption,
+) -> TrainResult:
   progress = writers.Progress(num_steps, writer)
   train_batches = inputs.train(start_step)
-  batches = sharding.prefetch_to_mesh(train_batches, batch_sharding,
-                                      config.prefetch_batches)
+  batches = sharding.prefetch_to_mesh(
+      train_batches, batch_sharding, config.prefetch_batches
+  )
   finite_watch = nonfinite.FiniteWatch(
-      config.nonfinite == 'stop', nonfinite.MAX_LAG, start_step or None,
-      workdir)
+      config.nonfinite == 'stop', nonfinite.MAX_LAG, start_step or None, workdir
+  )
   train_summary, eval_summary, preempted = {}, {}, False
   window, timed_steps, data_seconds = [], 0, 0.0
   window_start = time.perf_counter()
@@ -341,8 +444,9 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
     finite_watch.push(step + 1, metrics['finite'])
     if step == start_step:
       jax.block_until_ready(state)
-      writer.write_scalars(step + 1, {
-          'compile_seconds': time.perf_counter() - window_start})
+      writer.write_scalars(
+          step + 1, {'compile_seconds': time.perf_counter() - window_start}
+      )
       timed_steps, data_seconds = 0, 0.0
       window_start = time.perf_counter()
       progress.start(step + 1)
@@ -351,29 +455,42 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
     done = step + 1
     if done % config.log_every_steps == 0 or done == num_steps:
       fetched = jax.device_get(window)  # Waits for the window's steps.
-      train_summary = _summarise(fetched, timed_steps,
-                                 time.perf_counter() - window_start,
-                                 data_seconds, config.batch_size)
+      train_summary = _summarise(
+          fetched,
+          timed_steps,
+          time.perf_counter() - window_start,
+          data_seconds,
+          config.batch_size,
+      )
       train_summary['skipped_steps'] = int(state.skipped_steps)
       if train_summary['nonfinite_steps'] == len(fetched):
-        logging.warning('Every step of the last %d was non-finite and '
-                        'skipped (%d in all): the run is not training',
-                        len(fetched), train_summary['skipped_steps'])
+        logging.warning(
+            'Every step of the last %d was non-finite and '
+            'skipped (%d in all): the run is not training',
+            len(fetched),
+            train_summary['skipped_steps'],
+        )
       train_summary.update(_data_counters(train_batches))
       train_summary.update(_device_memory())
-      writer.write_scalars(done, {f'train/{k}': v
-                                  for k, v in train_summary.items()})
+      writer.write_scalars(
+          done, {f'train/{k}': v for k, v in train_summary.items()}
+      )
       progress.update(done)
       window, timed_steps, data_seconds = [], 0, 0.0
       window_start = time.perf_counter()
     # One process: the flag is local, read every step. Several: agreeing
     # is a cross-host round trip, so only every N steps (and at the end).
-    if (jax.process_count() == 1
-        or done % config.preemption_check_every_steps == 0):
+    if (
+        jax.process_count() == 1
+        or done % config.preemption_check_every_steps == 0
+    ):
       preempted = multihost.any_process(preemption.requested)
     evaluating = done % eval_every == 0 or done == num_steps
-    saving = (done % config.checkpoint_every_steps == 0
-              or done == num_steps or preempted)
+    saving = (
+        done % config.checkpoint_every_steps == 0
+        or done == num_steps
+        or preempted
+    )
     if evaluating or saving:
       finite_watch.drain()  # Nothing after a non-finite step is saved.
       # Eval and save time is not step time: start its clock once the
@@ -385,41 +502,65 @@ def _loop(config, state, start_step, num_steps, eval_every, train_fn,
       finite_watch.last_saved = done
       logging.info('checkpoint: step %d to %s', done, ckpt.step_dir(done))
     if evaluating:
-      eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding,
-                                   config)
+      eval_summary = _evaluate_all(
+          eval_fn, state, inputs, batch_sharding, config
+      )
       writer.write_scalars(done, eval_summary)
       if not np.isfinite(eval_summary['eval/loss']):
-        logging.warning('Step %d: eval loss is %s; not a best checkpoint',
-                        done, eval_summary['eval/loss'])
-      elif ckpt.save_best(done, state, _meta(config, done, run),
-                          eval_summary['eval/top1']):
-        logging.info('New best top-1 %.4f: saved %s',
-                     eval_summary['eval/top1'],
-                     ckpt.step_dir(done, best=True))
+        logging.warning(
+            'Step %d: eval loss is %s; not a best checkpoint',
+            done,
+            eval_summary['eval/loss'],
+        )
+      elif ckpt.save_best(
+          done, state, _meta(config, done, run), eval_summary['eval/top1']
+      ):
+        logging.info(
+            'New best top-1 %.4f: saved %s',
+            eval_summary['eval/top1'],
+            ckpt.step_dir(done, best=True),
+        )
     if evaluating or saving:
       window_start += time.perf_counter() - pause_start
     if preempted:
       break
-  return TrainResult(state, train_summary, eval_summary, preempted,
-                     preemption.signal_name if preempted else None)
+  return TrainResult(
+      state,
+      train_summary,
+      eval_summary,
+      preempted,
+      preemption.signal_name if preempted else None,
+  )
 
 
 def _evaluate_all(eval_fn, state, inputs, batch_sharding, config) -> dict:
-  summary = {f'eval/{k}': v for k, v in evaluate(
-      eval_fn, state, inputs, batch_sharding, ema=False).items()}
+  summary = {
+      f'eval/{k}': v
+      for k, v in evaluate(
+          eval_fn, state, inputs, batch_sharding, ema=False
+      ).items()
+  }
   if config.ema_decay > 0:
-    summary.update({f'eval_ema/{k}': v for k, v in evaluate(
-        eval_fn, state, inputs, batch_sharding, ema=True).items()})
+    summary.update(
+        {
+            f'eval_ema/{k}': v
+            for k, v in evaluate(
+                eval_fn, state, inputs, batch_sharding, ema=True
+            ).items()
+        }
+    )
   return summary  # The writer logs it.
 
 
 def _flat_hparams(config) -> dict[str, Any]:
   flat = {}
+
   def walk(prefix, node):
     for k, v in node.items():
       if isinstance(v, ml_collections.ConfigDict):
         walk(f'{prefix}{k}.', v)
       elif isinstance(v, (int, float, str, bool)):
         flat[prefix + k] = v
+
   walk('', config)
   return flat

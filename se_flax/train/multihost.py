@@ -23,13 +23,15 @@ def _on_tpu_vm() -> bool:
     return False
   try:  # Reads /sys only; starts no backend.
     from jax._src import hardware_utils
+
     return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
   except Exception:  # pylint: disable=broad-except
     return False
 
 
-def launcher(config: ml_collections.ConfigDict,
-             env: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def launcher(
+    config: ml_collections.ConfigDict, env: Optional[Mapping[str, str]] = None
+) -> Optional[str]:
   """What asks for a multi-process run, or None for a single process.
 
   `config.distributed.enabled` decides when set; unset, a run is
@@ -70,15 +72,22 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
   if source is None or jax.distributed.is_initialized():
     return
   if dist.cpu_collectives:
-    jax.config.update('jax_cpu_collectives_implementation',
-                      dist.cpu_collectives)
+    jax.config.update(
+        'jax_cpu_collectives_implementation', dist.cpu_collectives
+    )
   env = os.environ
   kwargs = {'heartbeat_timeout_seconds': dist.heartbeat_timeout_seconds}
   address = dist.coordinator_address or env.get('JAX_COORDINATOR_ADDRESS')
-  num = dist.num_processes if dist.num_processes >= 0 else int(
-      env.get('JAX_NUM_PROCESSES', -1))
-  pid = dist.process_id if dist.process_id >= 0 else int(
-      env.get('JAX_PROCESS_ID', -1))
+  num = (
+      dist.num_processes
+      if dist.num_processes >= 0
+      else int(env.get('JAX_NUM_PROCESSES', -1))
+  )
+  pid = (
+      dist.process_id
+      if dist.process_id >= 0
+      else int(env.get('JAX_PROCESS_ID', -1))
+  )
   if address:
     kwargs['coordinator_address'] = address
   if num >= 0:
@@ -99,17 +108,19 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
 def layout() -> str:
   """One line: this process, the processes, and the devices it drives."""
   visible = jax.config.read('jax_cuda_visible_devices')
-  return (f'process {jax.process_index()}/{jax.process_count()}, '
-          f'{jax.local_device_count()} local of {jax.device_count()} '
-          f'devices ({jax.default_backend()}): {jax.local_devices()}'
-          + (f', CUDA visible devices {visible}' if visible != 'all'
-             else ''))
+  return (
+      f'process {jax.process_index()}/{jax.process_count()}, '
+      f'{jax.local_device_count()} local of {jax.device_count()} '
+      f'devices ({jax.default_backend()}): {jax.local_devices()}'
+      + (f', CUDA visible devices {visible}' if visible != 'all' else '')
+  )
 
 
 def sync(name: str) -> None:
   """Waits until every process has reached this point."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -118,8 +129,10 @@ def gather_flags(flag: bool) -> np.ndarray:
   if jax.process_count() == 1:
     return np.array([flag])
   from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(np.array(flag)),
-                    bool).reshape(-1)
+
+  return np.asarray(
+      multihost_utils.process_allgather(np.array(flag)), bool
+  ).reshape(-1)
 
 
 def any_process(flag: bool) -> bool:
@@ -131,7 +144,8 @@ def broadcast_ints(values: Sequence[int]) -> list[int]:
   if jax.process_count() == 1:
     return list(values)
   from jax.experimental import multihost_utils
+
   count = int(multihost_utils.broadcast_one_to_all(np.int32(len(values))))
   local = np.zeros(count, np.int64)
-  local[:min(count, len(values))] = list(values)[:count]
+  local[: min(count, len(values))] = list(values)[:count]
   return [int(v) for v in multihost_utils.broadcast_one_to_all(local)]

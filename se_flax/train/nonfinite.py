@@ -28,8 +28,9 @@ class FiniteWatch:
   reads all (before anything is saved). With 'skip' nothing is read here.
   """
 
-  def __init__(self, enabled: bool, max_lag: int, last_saved: Optional[int],
-               workdir: str):
+  def __init__(
+      self, enabled: bool, max_lag: int, last_saved: Optional[int], workdir: str
+  ):
     self.enabled, self.max_lag = enabled, max_lag
     self.last_saved, self.workdir = last_saved, workdir
     self._pending = collections.deque()
@@ -43,8 +44,11 @@ class FiniteWatch:
     self._check(drain=True)
 
   def _check(self, drain: bool) -> None:
-    while self._pending and (drain or len(self._pending) > self.max_lag
-                             or self._pending[0][1].is_ready()):
+    while self._pending and (
+        drain
+        or len(self._pending) > self.max_lag
+        or self._pending[0][1].is_ready()
+    ):
       step, finite = self._pending.popleft()
       if not bool(finite):
         self._stop(step)
@@ -53,11 +57,14 @@ class FiniteWatch:
     if self.last_saved is None:
       saved = 'No checkpoint was saved by this run.'
     else:
-      saved = (f'The newest checkpoint, step {self.last_saved} in '
-               f'{self.workdir}/checkpoints, was saved before it.')
+      saved = (
+          f'The newest checkpoint, step {self.last_saved} in '
+          f'{self.workdir}/checkpoints, was saved before it.'
+      )
     raise NonFiniteStepError(
         f'Step {step} had a non-finite loss, gradient or new state, and '
         f"config.nonfinite='stop': it was not applied, and training "
         f'stopped within {self.max_lag} steps of it, saving nothing after '
         f'it. {saved} Lower the learning rate, or set '
-        "config.nonfinite='skip' to skip such steps.")
+        "config.nonfinite='skip' to skip such steps."
+    )

@@ -38,8 +38,10 @@ def _parse(data: bytes) -> Optional[dict]:
     record = json.loads(data)
   except ValueError:
     return None
-  if not isinstance(record, dict) or not {'host', 'pid', 'token',
-                                          'heartbeat'} <= record.keys():
+  if (
+      not isinstance(record, dict)
+      or not {'host', 'pid', 'token', 'heartbeat'} <= record.keys()
+  ):
     return None
   return record
 
@@ -52,10 +54,18 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
   holds the workdir.
   """
 
-  def __init__(self, workdir: str, *, heartbeat_seconds: float = 30.0,
-               stale_after_seconds: float = 300.0):
-    super().__init__(workdir, heartbeat_seconds=heartbeat_seconds,
-                     stale_after_seconds=stale_after_seconds)
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      heartbeat_seconds: float = 30.0,
+      stale_after_seconds: float = 300.0,
+  ):
+    super().__init__(
+        workdir,
+        heartbeat_seconds=heartbeat_seconds,
+        stale_after_seconds=stale_after_seconds,
+    )
     self.workdir = workdir.rstrip('/')
     self.path = f'{self.workdir}/{workdir_lock.LOCK_NAME}'
     try:
@@ -64,7 +74,8 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
       raise ValueError(
           f'Cannot lock {workdir}: TensorStore has no key-value store for '
           f'this URL ({e}). Supported: gs://, s3:// and file:// URLs, or '
-          'a local path.') from e
+          'a local path.'
+      ) from e
     self._generation = None  # Of the object we last wrote.
     self._held_record = None
 
@@ -83,15 +94,22 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
       # Another trainer wrote between our read and write; look again.
       time.sleep(random.uniform(0.01, 0.05))
     else:
-      raise RuntimeError(f'Could not acquire {self.path} after '
-                         f'{_MAX_ATTEMPTS} attempts: too much contention.')
+      raise RuntimeError(
+          f'Could not acquire {self.path} after '
+          f'{_MAX_ATTEMPTS} attempts: too much contention.'
+      )
     self._token, self._generation, self._held_record = (
-        token, generation, record)
+        token,
+        generation,
+        record,
+    )
     self._owner_pid = os.getpid()
     self._stop.clear()
     self._thread = threading.Thread(
-        target=self._heartbeat, name=f'ObjectStoreLock({self.workdir})',
-        daemon=True)
+        target=self._heartbeat,
+        name=f'ObjectStoreLock({self.workdir})',
+        daemon=True,
+    )
     self._thread.start()
     atexit.register(self.release)
 
@@ -103,11 +121,13 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
     if thread is not None and thread is not threading.current_thread():
       thread.join()
     with self._mutex:
-      deleted = self._store.write(workdir_lock.LOCK_NAME, None,
-                                  if_equal=self._generation).result()
+      deleted = self._store.write(
+          workdir_lock.LOCK_NAME, None, if_equal=self._generation
+      ).result()
       if not deleted.generation:
-        logging.warning('%s is no longer the lock we wrote; left it in '
-                        'place.', self.path)
+        logging.warning(
+            '%s is no longer the lock we wrote; left it in ' 'place.', self.path
+        )
       self._token = self._generation = self._thread = None
     atexit.unregister(self.release)
 
@@ -117,8 +137,11 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
   def _write(self, record: dict, if_equal: bytes) -> bytes:
     """The new generation, or b'' if the object was not at `if_equal`."""
     data = json.dumps(record, indent=1).encode() + b'\n'
-    return self._store.write(workdir_lock.LOCK_NAME, data,
-                             if_equal=if_equal).result().generation
+    return (
+        self._store.write(workdir_lock.LOCK_NAME, data, if_equal=if_equal)
+        .result()
+        .generation
+    )
 
   def _refuse_if_alive(self, data: bytes) -> None:
     record = _parse(data)
@@ -129,16 +152,24 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
     age = time.time() - record['heartbeat']
     if record['host'] == self.host:
       start = record.get('process_start')
-      alive = (workdir_lock.process_start(record['pid']) == start
-               if start is not None else age < self.stale_after_seconds)
+      alive = (
+          workdir_lock.process_start(record['pid']) == start
+          if start is not None
+          else age < self.stale_after_seconds
+      )
     else:
       alive = age < self.stale_after_seconds
     if alive:
       raise workdir_lock.WorkdirInUseError(self.path, record, age)
     logging.warning(
         'Taking over the stale lock %s of host %s, pid %s, started %s '
-        '(dead; last heartbeat %.0f s ago).', self.path, record['host'],
-        record['pid'], record.get('start_time'), age)
+        '(dead; last heartbeat %.0f s ago).',
+        self.path,
+        record['host'],
+        record['pid'],
+        record.get('start_time'),
+        age,
+    )
 
   def _holds_token(self) -> bool:
     current = self._store.read(workdir_lock.LOCK_NAME).result()
@@ -159,7 +190,10 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
         if generation:
           self._generation = generation
           continue
-      logging.error('Lost the workdir lock %s: it was removed or taken '
-                    'over. Another trainer may be writing to %s.',
-                    self.path, self.workdir)
+      logging.error(
+          'Lost the workdir lock %s: it was removed or taken '
+          'over. Another trainer may be writing to %s.',
+          self.path,
+          self.workdir,
+      )
       return

@@ -12,8 +12,9 @@ def learning_rate(config: ml_collections.ConfigDict) -> float:
   return config.learning_rate * config.batch_size / 256
 
 
-def create_schedule(config: ml_collections.ConfigDict,
-                    steps_per_epoch: int) -> optax.Schedule:
+def create_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """The learning-rate schedule, in steps.
 
   'step': multiply by `lr_decay_factor` at each epoch of
@@ -24,14 +25,18 @@ def create_schedule(config: ml_collections.ConfigDict,
   warmup = int(round(config.warmup_epochs * steps_per_epoch))
   total = int(math.ceil(config.num_epochs * steps_per_epoch))
   if config.lr_schedule == 'step':
-    boundaries = {int(round(e * steps_per_epoch)): config.lr_decay_factor
-                  for e in config.lr_decay_epochs}
+    boundaries = {
+        int(round(e * steps_per_epoch)): config.lr_decay_factor
+        for e in config.lr_decay_epochs
+    }
     main = optax.piecewise_constant_schedule(peak, boundaries)
   elif config.lr_schedule == 'cosine':
     main = optax.cosine_decay_schedule(peak, max(1, total - warmup))
   else:
-    raise ValueError(f"lr_schedule must be 'step' or 'cosine', got "
-                     f'{config.lr_schedule!r}')
+    raise ValueError(
+        f"lr_schedule must be 'step' or 'cosine', got "
+        f'{config.lr_schedule!r}'
+    )
   if not warmup:
     return main
   if config.lr_schedule == 'step':
@@ -39,7 +44,8 @@ def create_schedule(config: ml_collections.ConfigDict,
     ramp = lambda step: jax.numpy.minimum(1.0, (step + 1) / warmup)
     return lambda step: main(step) * ramp(step)
   return optax.join_schedules(
-      [optax.linear_schedule(peak / warmup, peak, warmup), main], [warmup])
+      [optax.linear_schedule(peak / warmup, peak, warmup), main], [warmup]
+  )
 
 
 def weight_decay_mask(params, decay_se: bool = True):
@@ -49,17 +55,20 @@ def weight_decay_mask(params, decay_se: bool = True):
   biases do not (the common ImageNet practice). SE FC kernels follow
   `decay_se` (the paper does not say; timm decays them).
   """
+
   def decays(path, leaf):
     names = [getattr(k, 'key', str(k)) for k in path]
     if names[-1] != 'kernel':
       return False
     in_se = any(n == 'se' or n.startswith('se_') for n in names)
     return decay_se or not in_se
+
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
   """SGD with (Nesterov) momentum and masked, coupled weight decay.
 
   Decay is added to the gradient before momentum, as PyTorch's SGD does.
@@ -69,6 +78,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   return optax.chain(
       optax.add_decayed_weights(
           config.weight_decay,
-          mask=lambda p: weight_decay_mask(p, config.weight_decay_se)),
-      optax.sgd(schedule, momentum=config.momentum,
-                nesterov=config.nesterov))
+          mask=lambda p: weight_decay_mask(p, config.weight_decay_se),
+      ),
+      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+  )

@@ -37,8 +37,10 @@ class PreemptionWatcher:
     if not self._event.is_set():
       self.signal_name = signal.Signals(signum).name
       if signum == signal.SIGINT:
-        sys.stderr.write('Ctrl-C: saving at the next step boundary, then '
-                         'exiting (Ctrl-C again aborts without saving).\n')
+        sys.stderr.write(
+            'Ctrl-C: saving at the next step boundary, then '
+            'exiting (Ctrl-C again aborts without saving).\n'
+        )
         sys.stderr.flush()
     self._event.set()
 

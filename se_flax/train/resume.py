@@ -30,16 +30,45 @@ from se_flax.train import checkpoint, multihost
 # Fields of config.model that change speed only, never what is computed.
 _MODEL_IMPLEMENTATION_FIELDS = ('layer_impl',)
 _DATA_FIELDS = (
-    'source', 'name', 'train_split', 'eval_split', 'image_key', 'label_key',
-    'image_size', 'eval_image_size', 'crop_pct', 'interpolation',
-    'antialias', 'min_area', 'aspect_ratio', 'max_attempts',
-    'random_rotation', 'pixel_jitter', 'shuffle_buffer', 'file_cycle_length',
-    'cache', 'synthetic_num_classes', 'synthetic_train_examples', 'tiny')
+    'source',
+    'name',
+    'train_split',
+    'eval_split',
+    'image_key',
+    'label_key',
+    'image_size',
+    'eval_image_size',
+    'crop_pct',
+    'interpolation',
+    'antialias',
+    'min_area',
+    'aspect_ratio',
+    'max_attempts',
+    'random_rotation',
+    'pixel_jitter',
+    'shuffle_buffer',
+    'file_cycle_length',
+    'cache',
+    'synthetic_num_classes',
+    'synthetic_train_examples',
+    'tiny',
+)
 _RECIPE_FIELDS = (
-    'batch_size', 'seed', 'optimizer', 'learning_rate', 'momentum',
-    'nesterov', 'weight_decay', 'weight_decay_se', 'lr_schedule',
-    'lr_decay_epochs', 'lr_decay_factor', 'warmup_epochs', 'label_smoothing',
-    'ema_decay')
+    'batch_size',
+    'seed',
+    'optimizer',
+    'learning_rate',
+    'momentum',
+    'nesterov',
+    'weight_decay',
+    'weight_decay_se',
+    'lr_schedule',
+    'lr_decay_epochs',
+    'lr_decay_factor',
+    'warmup_epochs',
+    'label_smoothing',
+    'ema_decay',
+)
 # Larger is an extension (allowed); smaller is a change.
 EXTENDABLE = ('num_epochs', 'num_train_steps')
 
@@ -54,14 +83,21 @@ def _plain(value: Any) -> Any:
   return json.loads(json.dumps(value, default=str))  # Tuples -> lists.
 
 
-def fingerprint(config: ml_collections.ConfigDict, *, num_classes: int,
-                train_steps: int, process_count: int) -> dict[str, Any]:
+def fingerprint(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    train_steps: int,
+    process_count: int,
+) -> dict[str, Any]:
   """The run-defining values, '.'-named, as JSON-compatible values."""
-  run = {f'model.{k}': _plain(v) for k, v in config.model.items()
-         if k not in _MODEL_IMPLEMENTATION_FIELDS}
+  run = {
+      f'model.{k}': _plain(v)
+      for k, v in config.model.items()
+      if k not in _MODEL_IMPLEMENTATION_FIELDS
+  }
   data = config.data
-  run.update({f'data.{k}': _plain(data[k]) for k in _DATA_FIELDS
-              if k in data})
+  run.update({f'data.{k}': _plain(data[k]) for k in _DATA_FIELDS if k in data})
   run.update({k: _plain(config[k]) for k in _RECIPE_FIELDS})
   run['num_classes'] = num_classes
   run['num_epochs'] = float(config.num_epochs)
@@ -75,8 +111,9 @@ def allowed_changes(config: ml_collections.ConfigDict) -> set[str]:
   return {name.strip() for name in spec.split(',') if name.strip()}
 
 
-def differences(stored: dict[str, Any],
-                current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def differences(
+    stored: dict[str, Any], current: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
   """(field, stored, current) for each run-defining field that changed.
 
   Fields the stored run did not record (older checkpoints) are not
@@ -92,8 +129,12 @@ def differences(stored: dict[str, Any],
   return changed
 
 
-def check_compatible(stored: dict[str, Any], current: dict[str, Any],
-                     allowed: set[str], where: str) -> list[str]:
+def check_compatible(
+    stored: dict[str, Any],
+    current: dict[str, Any],
+    allowed: set[str],
+    where: str,
+) -> list[str]:
   """Raises `ResumeMismatchError` for changes `allowed` does not accept.
 
   Returns log lines describing accepted changes and extensions.
@@ -101,22 +142,29 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any],
   notes = []
   for name in EXTENDABLE:
     if name in stored and current[name] > stored[name]:
-      notes.append(f'extending the run: {name} {stored[name]} -> '
-                   f'{current[name]}')
+      notes.append(
+          f'extending the run: {name} {stored[name]} -> ' f'{current[name]}'
+      )
   changed = differences(stored, current)
   refused = [c for c in changed if c[0] not in allowed and 'all' not in allowed]
-  notes += [f'accepted change (resume_allow_changes): {n}: {s!r} -> {c!r}'
-            for n, s, c in changed if (n, s, c) not in refused]
+  notes += [
+      f'accepted change (resume_allow_changes): {n}: {s!r} -> {c!r}'
+      for n, s, c in changed
+      if (n, s, c) not in refused
+  ]
   if refused:
-    lines = [f'  {name}: stored {old!r}, current {new!r}'
-             for name, old, new in refused]
+    lines = [
+        f'  {name}: stored {old!r}, current {new!r}'
+        for name, old, new in refused
+    ]
     names = ','.join(name for name, _, _ in refused)
     raise ResumeMismatchError(
         'The config differs from the run it would resume, in fields that '
         'define what the run computes:\n' + '\n'.join(lines) + '\n'
         f'Refusing to resume {where} with a changed {names}: use a new '
         'workdir, or accept the change deliberately with '
-        f'--config.resume_allow_changes={names}')
+        f'--config.resume_allow_changes={names}'
+    )
   return notes
 
 
@@ -125,10 +173,18 @@ def stored_fingerprint(meta: dict) -> dict[str, Any]:
   if 'run' in meta:
     return meta['run']
   config = meta.get('config') or {}
-  run = {f'model.{k}': v for k, v in (config.get('model') or {}).items()
-         if k not in _MODEL_IMPLEMENTATION_FIELDS}
-  run.update({f'data.{k}': v for k, v in (config.get('data') or {}).items()
-              if k in _DATA_FIELDS})
+  run = {
+      f'model.{k}': v
+      for k, v in (config.get('model') or {}).items()
+      if k not in _MODEL_IMPLEMENTATION_FIELDS
+  }
+  run.update(
+      {
+          f'data.{k}': v
+          for k, v in (config.get('data') or {}).items()
+          if k in _DATA_FIELDS
+      }
+  )
   run.update({k: config[k] for k in _RECIPE_FIELDS if k in config})
   return run
 
@@ -148,9 +204,12 @@ def _try_step(config, ckpt, step, abstract, run):
   """
   try:
     meta = ckpt.meta(step)
-    notes = check_compatible(stored_fingerprint(meta), run,
-                             allowed_changes(config),
-                             str(ckpt.step_dir(step)))
+    notes = check_compatible(
+        stored_fingerprint(meta),
+        run,
+        allowed_changes(config),
+        str(ckpt.step_dir(step)),
+    )
     if jax.process_count() == 1:
       state, meta = ckpt.restore(abstract, step, meta)
       return state, meta, notes, None
@@ -173,13 +232,15 @@ def _restore_agreed(ckpt, step, abstract, meta):
     raise checkpoint.CheckpointError(
         f'Processes {np.flatnonzero(~ok).tolist()} read {ckpt.step_dir(step)} '
         'differently from process 0, which verified it'
-        + (f' (here: {reason})' if reason else '') +
-        '; every process must see the same workdir (a shared filesystem)')
+        + (f' (here: {reason})' if reason else '')
+        + '; every process must see the same workdir (a shared filesystem)'
+    )
   return state
 
 
-def _set_aside_unusable_best(ckpt: checkpoint.Checkpoints,
-                             starting_over: bool) -> None:
+def _set_aside_unusable_best(
+    ckpt: checkpoint.Checkpoints, starting_over: bool
+) -> None:
   """Moves a damaged best checkpoint, or a previous run's, to corrupt/.
 
   Otherwise a damaged best would be kept (its stored top-1 still beats
@@ -189,16 +250,21 @@ def _set_aside_unusable_best(ckpt: checkpoint.Checkpoints,
   step = ckpt.best.latest_step()
   if step is None:
     return
-  problem = ('set aside: the run started over without an intact checkpoint'
-             if starting_over else ckpt.check_best())
+  problem = (
+      'set aside: the run started over without an intact checkpoint'
+      if starting_over
+      else ckpt.check_best()
+  )
   if problem:
     moved = ckpt.quarantine(step, problem, best=True)
-    logging.warning('Moved best checkpoint step %d to %s: %s', step, moved,
-                    problem)
+    logging.warning(
+        'Moved best checkpoint step %d to %s: %s', step, moved, problem
+    )
 
 
-def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
-                       create, run: dict):
+def restore_or_create(
+    config, ckpt: checkpoint.Checkpoints, abstract, create, run: dict
+):
   """The newest intact, compatible checkpoint's state, or a new state.
 
   Process 0 decides which steps exist and which are intact; every process
@@ -217,8 +283,9 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
     raise checkpoint.CheckpointError(
         f'Processes {np.flatnonzero(~seen).tolist()} do not see checkpoint '
         f'steps that process 0 sees under {ckpt.workdir}/checkpoints'
-        + (f' (here: {unseen} missing)' if unseen else '') +
-        '; every process must see the same workdir (a shared filesystem)')
+        + (f' (here: {unseen} missing)' if unseen else '')
+        + '; every process must see the same workdir (a shared filesystem)'
+    )
   if not steps:
     return create()
   rejected, state, notes = [], None, []
@@ -229,14 +296,18 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
       raise checkpoint.CheckpointError(
           f'Processes {np.flatnonzero(~ok).tolist()} cannot read '
           f'{ckpt.step_dir(step)}, which process 0 can'
-          + (f' (here: {reason})' if reason else '') +
-          '; every process must see the same workdir (a shared filesystem)')
+          + (f' (here: {reason})' if reason else '')
+          + '; every process must see the same workdir (a shared filesystem)'
+      )
     if ok[0]:
       if state is None:
         state = _restore_agreed(ckpt, step, abstract, meta)
       break
-    logging.warning('Checkpoint step %d is not usable, trying an older '
-                    'one: %s', step, reason or 'see process 0')
+    logging.warning(
+        'Checkpoint step %d is not usable, trying an older ' 'one: %s',
+        step,
+        reason or 'see process 0',
+    )
     rejected.append((step, reason))
   if state is None and not config.start_fresh_if_no_intact_checkpoint:
     listing = '\n'.join(f'  step {s}: {reason}' for s, reason in rejected)
@@ -244,7 +315,8 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
         f'None of the {len(steps)} checkpoints can be restored:\n{listing}\n'
         f'Refusing to start over in {ckpt.workdir}: repair or move the '
         'checkpoints, or set --config.start_fresh_if_no_intact_checkpoint='
-        'True')
+        'True'
+    )
   multihost.sync('se_flax_restore_read')
   if jax.process_index() == 0:
     for step, reason in rejected:
@@ -254,11 +326,16 @@ def restore_or_create(config, ckpt: checkpoint.Checkpoints, abstract,
   multihost.sync('se_flax_restore_quarantined')
   ckpt.reload()
   if state is None:
-    logging.warning('No intact checkpoint: starting over, as '
-                    'config.start_fresh_if_no_intact_checkpoint asks')
+    logging.warning(
+        'No intact checkpoint: starting over, as '
+        'config.start_fresh_if_no_intact_checkpoint asks'
+    )
     return create()
   for note in notes:
     logging.info('%s', note)
-  logging.info('Resumed from %s (%d skipped steps before it)',
-               ckpt.step_dir(int(state.step)), int(state.skipped_steps))
+  logging.info(
+      'Resumed from %s (%d skipped steps before it)',
+      ckpt.step_dir(int(state.step)),
+      int(state.skipped_steps),
+  )
   return state

@@ -31,20 +31,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
   """Joins each process's slice of the global batch into global arrays."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+      k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+      for k, v in local_batch.items()
+  }
 
 
-def prefetch_to_mesh(batches: Iterable[dict], sharding: NamedSharding,
-                     size: int = 2) -> Iterator[dict]:
+def prefetch_to_mesh(
+    batches: Iterable[dict], sharding: NamedSharding, size: int = 2
+) -> Iterator[dict]:
   """Keeps `size` batches in flight to the devices ahead of the step."""
   queue = collections.deque()
   iterator = iter(batches)
+
   def enqueue(n):
     for local in iterator:
       queue.append(global_batch(local, sharding))
       if len(queue) >= n:
         return
+
   enqueue(size)
   while queue:
     yield queue.popleft()

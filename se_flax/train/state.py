@@ -15,6 +15,7 @@ class TrainState:
   `rng` is a raw uint32 key (serialisable); per-step keys are derived with
   `fold_in(rng, step)`, so no key needs threading through the loop.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -23,11 +24,17 @@ class TrainState:
   ema_params: Optional[Any] = None
   ema_batch_stats: Optional[Any] = None
   skipped_steps: jax.Array = flax.struct.field(
-      default_factory=lambda: jnp.zeros((), jnp.int32))
+      default_factory=lambda: jnp.zeros((), jnp.int32)
+  )
 
   @classmethod
-  def create(cls, variables, tx: optax.GradientTransformation,
-             rng: jax.Array, use_ema: bool) -> 'TrainState':
+  def create(
+      cls,
+      variables,
+      tx: optax.GradientTransformation,
+      rng: jax.Array,
+      use_ema: bool,
+  ) -> 'TrainState':
     params = variables['params']
     batch_stats = variables.get('batch_stats', {})
     return cls(
@@ -38,7 +45,8 @@ class TrainState:
         rng=rng,
         ema_params=params if use_ema else None,
         ema_batch_stats=batch_stats if use_ema else None,
-        skipped_steps=jnp.zeros((), jnp.int32))
+        skipped_steps=jnp.zeros((), jnp.int32),
+    )
 
   def variables(self, ema: bool = False) -> dict:
     """`{'params', 'batch_stats'}` for `model.apply` (raw or EMA)."""

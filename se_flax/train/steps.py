@@ -17,8 +17,9 @@ from se_flax.data.normalize import normalize_images
 from se_flax.train.state import TrainState
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array,
-                  label_smoothing: float = 0.0) -> jax.Array:
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
   """Per-example softmax cross entropy (N,) with optional label smoothing."""
   targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
   if label_smoothing:
@@ -33,33 +34,48 @@ def _forward_train(model: nn.Module, variables, images, rng, bn_groups: int):
   normalised with its own statistics (what per-device BN under pmap did);
   the running statistics are then averaged over the groups.
   """
+
   def apply(x, key):
-    return model.apply(variables, x, train=True, mutable=['batch_stats'],
-                       rngs={'dropout': key})
+    return model.apply(
+        variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key}
+    )
+
   if bn_groups <= 1:
     logits, updates = apply(images, rng)
     return logits, updates['batch_stats']
   grouped = images.reshape((bn_groups, -1) + images.shape[1:])
   keys = jax.random.split(rng, bn_groups)
   logits, updates = jax.vmap(apply)(grouped, keys)
-  batch_stats = jax.tree_util.tree_map(lambda s: s.mean(0),
-                                       updates['batch_stats'])
+  batch_stats = jax.tree_util.tree_map(
+      lambda s: s.mean(0), updates['batch_stats']
+  )
   return logits.reshape((-1,) + logits.shape[2:]), batch_stats
 
 
 def all_finite(tree) -> jax.Array:
   """True iff every floating-point leaf of `tree` is free of NaN and inf."""
-  leaves = [x for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+      x
+      for x in jax.tree_util.tree_leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   if not leaves:
     return jnp.array(True)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def train_step(state: TrainState, batch: dict, *, model: nn.Module,
-               tx: optax.GradientTransformation, schedule: Callable,
-               label_smoothing: float = 0.0, ema_decay: float = 0.0,
-               bn_groups: int = 0, dtype: Any = jnp.float32):
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    schedule: Callable,
+    label_smoothing: float = 0.0,
+    ema_decay: float = 0.0,
+    bn_groups: int = 0,
+    dtype: Any = jnp.float32,
+):
   """One SGD step. Returns (new state, metrics of this step).
 
   A step whose loss, gradients or new state (parameters, BN statistics,
@@ -73,30 +89,35 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
-    logits, batch_stats = _forward_train(model, variables, images, rng,
-                                         bn_groups)
+    logits, batch_stats = _forward_train(
+        model, variables, images, rng, bn_groups
+    )
     loss = cross_entropy(logits, labels, label_smoothing).mean()
     return loss, (logits, batch_stats)
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+      loss_fn, has_aux=True
+  )(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  new = state.replace(params=params, batch_stats=batch_stats,
-                      opt_state=opt_state)
+  new = state.replace(
+      params=params, batch_stats=batch_stats, opt_state=opt_state
+  )
   if state.ema_params is not None:
     ema = lambda old, cur: ema_decay * old + (1.0 - ema_decay) * cur
     new = new.replace(
         ema_params=jax.tree_util.tree_map(ema, state.ema_params, params),
-        ema_batch_stats=jax.tree_util.tree_map(ema, state.ema_batch_stats,
-                                               batch_stats))
+        ema_batch_stats=jax.tree_util.tree_map(
+            ema, state.ema_batch_stats, batch_stats
+        ),
+    )
   # The new state too: a finite gradient can still meet a damaged
   # optimizer state or overflow in the update.
   finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new)
-  new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new,
-                               state)
-  new = new.replace(step=state.step + 1,
-                    skipped_steps=state.skipped_steps + (~finite))
+  new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+  new = new.replace(
+      step=state.step + 1, skipped_steps=state.skipped_steps + (~finite)
+  )
   metrics = {
       'loss': loss,
       'top1': jnp.mean(jnp.argmax(logits, -1) == labels),
@@ -108,8 +129,9 @@ def train_step(state: TrainState, batch: dict, *, model: nn.Module,
   return new, metrics
 
 
-def eval_step(variables, batch: dict, *, model: nn.Module,
-              dtype: Any = jnp.float32) -> dict:
+def eval_step(
+    variables, batch: dict, *, model: nn.Module, dtype: Any = jnp.float32
+) -> dict:
   """Sums over the real examples of one padded batch (mask=False: padding)."""
   images = normalize_images(batch['image'], dtype)
   labels, mask = batch['label'], batch['mask']

@@ -51,26 +51,40 @@ _MAX_ATTEMPTS = 20
 class WorkdirInUseError(RuntimeError):
   """The workdir's lock is held by a live trainer."""
 
-  def __init__(self, path: str, holder: Optional[dict], age: float,
-               message: Optional[str] = None):
+  def __init__(
+      self,
+      path: str,
+      holder: Optional[dict],
+      age: float,
+      message: Optional[str] = None,
+  ):
     self.path = path
     self.holder = holder
     if message is not None:  # Said by a process that did not read the lock.
       super().__init__(message)
       return
     if holder is None:
-      who = ('an unknown holder (the lock file is empty or unreadable, '
-             'probably still being written)')
+      who = (
+          'an unknown holder (the lock file is empty or unreadable, '
+          'probably still being written)'
+      )
     else:
-      who = (f"host {holder.get('host')}, pid {holder.get('pid')}, started "
-             f"{holder.get('start_time')}")
+      who = (
+          f"host {holder.get('host')}, pid {holder.get('pid')}, started "
+          f"{holder.get('start_time')}"
+      )
     super().__init__(
         f'Workdir {os.path.dirname(path)} is in use by another trainer: '
-        f'{who}; lock {path}, ' + (
-            f'last heartbeat {age:.0f} s ago' if age >= 0 else
-            f'last heartbeat {-age:.0f} s in the future (the hosts\' '
-            'clocks disagree)') + '. Stop that run '
-        f'first, or, if you are sure it is dead, delete {path}.')
+        f'{who}; lock {path}, '
+        + (
+            f'last heartbeat {age:.0f} s ago'
+            if age >= 0
+            else f"last heartbeat {-age:.0f} s in the future (the hosts' "
+            'clocks disagree)'
+        )
+        + '. Stop that run '
+        f'first, or, if you are sure it is dead, delete {path}.'
+    )
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -86,7 +100,7 @@ def process_start(pid: int) -> Optional[str]:
   except OSError:
     return None
   # The command name (field 2) may hold spaces and parentheses.
-  fields = stat[stat.rfind(')') + 2:].split()
+  fields = stat[stat.rfind(')') + 2 :].split()
   if fields[0] in ('Z', 'X'):
     return None
   return f'{boot_id}:{fields[19]}'  # Fields 3 on; 22 is the start time.
@@ -126,7 +140,8 @@ def _read(path: str):
         chunks.append(chunk)
     except IsADirectoryError:
       raise IsADirectoryError(
-          f'{path} is a directory, not a lock file: remove it') from None
+          f'{path} is a directory, not a lock file: remove it'
+      ) from None
     return b''.join(chunks), st
   finally:
     os.close(fd)
@@ -146,8 +161,12 @@ def _parse(data: bytes) -> Optional[dict]:
 def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
   # mtime too: a holder judged stale by its heartbeat that beats again is
   # alive after all.
-  return ((a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) ==
-          (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns))
+  return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+      b.st_dev,
+      b.st_ino,
+      b.st_size,
+      b.st_mtime_ns,
+  )
 
 
 class WorkdirLock:
@@ -158,15 +177,21 @@ class WorkdirLock:
   released at normal interpreter exit.
   """
 
-  def __init__(self, workdir: str, *, heartbeat_seconds: float = 30.0,
-               stale_after_seconds: float = 300.0):
+  def __init__(
+      self,
+      workdir: str,
+      *,
+      heartbeat_seconds: float = 30.0,
+      stale_after_seconds: float = 300.0,
+  ):
     if heartbeat_seconds <= 0:
       raise ValueError(f'heartbeat_seconds must be > 0: {heartbeat_seconds}')
     if stale_after_seconds <= heartbeat_seconds:
       raise ValueError(
           f'stale_after_seconds ({stale_after_seconds}) must exceed '
           f'heartbeat_seconds ({heartbeat_seconds}), or live holders on '
-          'other hosts look dead between beats.')
+          'other hosts look dead between beats.'
+      )
     self.workdir = workdir
     self.path = os.path.join(workdir, LOCK_NAME)
     self.heartbeat_seconds = heartbeat_seconds
@@ -202,14 +227,16 @@ class WorkdirLock:
       # A contender moved the file under us; let the winner finish.
       time.sleep(random.uniform(0.01, 0.05))
     else:
-      raise RuntimeError(f'Could not acquire {self.path} after '
-                         f'{_MAX_ATTEMPTS} attempts: too much contention.')
+      raise RuntimeError(
+          f'Could not acquire {self.path} after '
+          f'{_MAX_ATTEMPTS} attempts: too much contention.'
+      )
     self._token = token
     self._owner_pid = os.getpid()
     self._stop.clear()
     self._thread = threading.Thread(
-        target=self._heartbeat, name=f'WorkdirLock({self.workdir})',
-        daemon=True)
+        target=self._heartbeat, name=f'WorkdirLock({self.workdir})', daemon=True
+    )
     self._thread.start()
     atexit.register(self.release)
 
@@ -230,8 +257,9 @@ class WorkdirLock:
         except FileNotFoundError:
           pass
       else:
-        logging.warning('%s no longer holds our token; left it in place.',
-                        self.path)
+        logging.warning(
+            '%s no longer holds our token; left it in place.', self.path
+        )
       self._token = None
       self._thread = None
     atexit.unregister(self.release)
@@ -242,7 +270,8 @@ class WorkdirLock:
         'pid': os.getpid(),
         'process_start': process_start(os.getpid()),
         'start_time': datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec='seconds'),
+            timespec='seconds'
+        ),
         'token': token,
     }
 
@@ -255,7 +284,7 @@ class WorkdirLock:
     try:
       data = json.dumps(self._record(token), indent=1).encode() + b'\n'
       while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
       os.fsync(fd)
     except BaseException:
       os.close(fd)
@@ -310,9 +339,11 @@ class WorkdirLock:
       try:
         os.link(moved, self.path)
       except FileExistsError:
-        logging.error('Moved a live lock %s aside while another process '
-                      'created a new one; its holder will find its lock gone.',
-                      self.path)
+        logging.error(
+            'Moved a live lock %s aside while another process '
+            'created a new one; its holder will find its lock gone.',
+            self.path,
+        )
       except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
           raise
@@ -322,13 +353,22 @@ class WorkdirLock:
       return False
     os.unlink(moved)
     if record is None:
-      logging.warning('Took over %s: its holder died while writing it '
-                      '(empty or unreadable, %.0f s old).', self.path, age)
+      logging.warning(
+          'Took over %s: its holder died while writing it '
+          '(empty or unreadable, %.0f s old).',
+          self.path,
+          age,
+      )
     else:
       logging.warning(
           'Took over the stale lock %s of host %s, pid %s, started %s '
-          '(dead; last heartbeat %.0f s ago).', self.path, record['host'],
-          record['pid'], record.get('start_time'), age)
+          '(dead; last heartbeat %.0f s ago).',
+          self.path,
+          record['host'],
+          record['pid'],
+          record.get('start_time'),
+          age,
+      )
     return self._try_create(token)
 
   def _holds_token(self) -> bool:
@@ -352,7 +392,10 @@ class WorkdirLock:
           logging.warning('Heartbeat of %s failed: %s', self.path, e)
           continue  # A transient filesystem error; try again next beat.
       if not ours:
-        logging.error('Lost the workdir lock %s: it was removed or taken '
-                      'over. Another trainer may be writing to %s.',
-                      self.path, self.workdir)
+        logging.error(
+            'Lost the workdir lock %s: it was removed or taken '
+            'over. Another trainer may be writing to %s.',
+            self.path,
+            self.workdir,
+        )
         return

@@ -61,8 +61,11 @@ class _LogWriter:
   """The console: one line per write; hyperparameters only at -v 1."""
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    logging.info('[%d] %s', step, ', '.join(
-        f'{k}={v:.6g}' for k, v in sorted(scalars.items())))
+    logging.info(
+        '[%d] %s',
+        step,
+        ', '.join(f'{k}={v:.6g}' for k, v in sorted(scalars.items())),
+    )
 
   def write_hparams(self, hparams):
     # config.json holds them; the console stays readable.
@@ -108,11 +111,15 @@ def create_writer(workdir: str, is_main_process: bool) -> Writers:
   writers = [_LogWriter(), JsonlWriter(workdir)]
   try:
     from clu import metric_writers
-    writers.append(metric_writers.SummaryWriter(
-        str(paths.workdir_path(workdir))))
+
+    writers.append(
+        metric_writers.SummaryWriter(str(paths.workdir_path(workdir)))
+    )
   except ImportError:
-    logging.info('No TensorFlow/TensorBoard: logging to the console and '
-                 'metrics.jsonl only')
+    logging.info(
+        'No TensorFlow/TensorBoard: logging to the console and '
+        'metrics.jsonl only'
+    )
   return Writers(writers)
 
 
@@ -149,6 +156,11 @@ class Progress:
     rate = (step - self._start_step) / (now - self._start)
     eta = (self._num_steps - step) / rate if rate > 0 else float('inf')
     self._writer.write_scalars(step, {'steps_per_sec': rate})
-    logging.info('step %d/%d (%.1f%%), %.2f steps/s, ETA %.1f min', step,
-                 self._num_steps, 100.0 * step / self._num_steps, rate,
-                 eta / 60)
+    logging.info(
+        'step %d/%d (%.1f%%), %.2f steps/s, ETA %.1f min',
+        step,
+        self._num_steps,
+        100.0 * step / self._num_steps,
+        rate,
+        eta / 60,
+    )

@@ -39,7 +39,7 @@ def _record_start(path, index):
     data = f.read()
   start = 0
   for _ in range(index):
-    start += 16 + struct.unpack('<Q', data[start:start + 8])[0]
+    start += 16 + struct.unpack('<Q', data[start : start + 8])[0]
   return start
 
 
@@ -120,7 +120,7 @@ def test_skipping_corrupt_records_is_counted_and_deterministic(
   for path in paths:
     assert path in caplog.text
   for e in range(2):
-    epoch = batches[5 * e:][:5]
+    epoch = batches[5 * e :][:5]
     images = np.concatenate([x['image'] for x in epoch])
     assert (images.reshape(len(images), -1).max(1) > 0).all()  # no blanks
     # The 45 readable examples once each; lost slots repeat some of them.
@@ -171,11 +171,14 @@ def test_find_damage_locates_every_kind(tmp_path):
     data = f.read()
   r3 = 3 * 116  # record 3's offset: 100 bytes + 16 of framing each
   cases = {
-      'data': (data[:r3 + 40] + bytes(8) + data[r3 + 48:], r3 + 12,
-               'corrupted record'),
-      'length': (data[:r3] + b'\xff' + data[r3 + 1:], r3, 'corrupted record'),
-      'in_data': (data[:r3 + 40], r3, 'truncated record'),
-      'in_header': (data[:r3 + 5], r3, '12-byte header'),
+      'data': (
+          data[: r3 + 40] + bytes(8) + data[r3 + 48 :],
+          r3 + 12,
+          'corrupted record',
+      ),
+      'length': (data[:r3] + b'\xff' + data[r3 + 1 :], r3, 'corrupted record'),
+      'in_data': (data[: r3 + 40], r3, 'truncated record'),
+      'in_header': (data[: r3 + 5], r3, '12-byte header'),
       'boundary': (data[:r3], r3, 'ends after 3 whole record(s)'),
   }
   for name, (damaged, offset, what) in cases.items():

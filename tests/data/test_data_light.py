@@ -47,10 +47,12 @@ def test_normalize_images_matches_the_formula():
 
 def test_synthetic_iterator_format_and_determinism():
   kw = dict(global_batch_size=8, image_size=16, num_classes=10, seed=3)
-  a = synthetic.create_synthetic_iterator(**kw, process_index=1,
-                                          process_count=2)
-  b = synthetic.create_synthetic_iterator(**kw, process_index=1,
-                                          process_count=2)
+  a = synthetic.create_synthetic_iterator(
+      **kw, process_index=1, process_count=2
+  )
+  b = synthetic.create_synthetic_iterator(
+      **kw, process_index=1, process_count=2
+  )
   for _ in range(5):
     x, y = next(a), next(b)
     assert x['image'].shape == (4, 16, 16, 3) and x['image'].dtype == np.uint8
@@ -64,25 +66,43 @@ def test_synthetic_iterator_format_and_determinism():
 def test_synthetic_rejects_indivisible_batch():
   with pytest.raises(ValueError, match='divisible'):
     synthetic.create_synthetic_iterator(
-        global_batch_size=6, image_size=8, num_classes=2, seed=0,
-        process_count=4)
+        global_batch_size=6,
+        image_size=8,
+        num_classes=2,
+        seed=0,
+        process_count=4,
+    )
 
 
 def test_synthetic_global_batch_is_independent_of_process_count():
-  kw = dict(global_batch_size=8, image_size=8, num_classes=10, seed=1,
-            start_step=5)
+  kw = dict(
+      global_batch_size=8, image_size=8, num_classes=10, seed=1, start_step=5
+  )
   whole = next(synthetic.create_synthetic_iterator(**kw))
-  parts = [next(synthetic.create_synthetic_iterator(
-      **kw, process_index=i, process_count=2)) for i in range(2)]
+  parts = [
+      next(
+          synthetic.create_synthetic_iterator(
+              **kw, process_index=i, process_count=2
+          )
+      )
+      for i in range(2)
+  ]
   for key in ('image', 'label'):
     np.testing.assert_array_equal(
-        whole[key], np.concatenate([p[key] for p in parts]))
+        whole[key], np.concatenate([p[key] for p in parts])
+    )
 
 
 def test_synthetic_eval_pads_and_masks():
-  batches = list(synthetic.create_synthetic_eval(
-      num_examples=20, global_batch_size=8, image_size=8, num_classes=10,
-      seed=0))
+  batches = list(
+      synthetic.create_synthetic_eval(
+          num_examples=20,
+          global_batch_size=8,
+          image_size=8,
+          num_classes=10,
+          seed=0,
+      )
+  )
   assert len(batches) == 3
   assert sum(int(b['mask'].sum()) for b in batches) == 20
   assert all(b['image'].shape == (8, 8, 8, 3) for b in batches)

@@ -33,8 +33,12 @@ def test_random_crop_window_respects_area_and_aspect():
   areas, ratios = [], []
   for i in range(200):
     y, x, h, w = ops.random_crop_window(
-        shape, tf.constant([i, 7]), min_area=0.08,
-        aspect_ratio=(3 / 4, 4 / 3), max_attempts=10).numpy()
+        shape,
+        tf.constant([i, 7]),
+        min_area=0.08,
+        aspect_ratio=(3 / 4, 4 / 3),
+        max_attempts=10,
+    ).numpy()
     assert 0 <= y and y + h <= 300 and 0 <= x and x + w <= 400
     areas.append(h * w / (300 * 400))
     ratios.append(w / h)
@@ -53,8 +57,13 @@ def test_eval_preprocess_equals_resize_then_center_crop():
   yy, xx = np.mgrid[0:60, 0:80]
   smooth = np.stack([yy * 3, xx * 2, 120 + 0 * xx], -1).astype(np.uint8)
   data = tf.io.encode_jpeg(smooth, quality=95)
-  out = ops.eval_preprocess(data, image_size=28, crop_pct=0.875,
-                            interpolation='bilinear', antialias=False)
+  out = ops.eval_preprocess(
+      data,
+      image_size=28,
+      crop_pct=0.875,
+      interpolation='bilinear',
+      antialias=False,
+  )
   assert out.dtype == tf.uint8 and out.shape == (28, 28, 3)
   # Reference: shorter side 60 -> 32 = 28 / 0.875, then the central 28x28.
   full = tf.image.decode_jpeg(data, channels=3)
@@ -79,7 +88,8 @@ def test_train_preprocess_same_in_tf_data_as_eagerly(jpeg):
   fn = functools.partial(ops.train_preprocess, **TRAIN_KW)
   seeds = tf.constant([[i, 5] for i in range(4)], tf.int64)
   ds = tf.data.Dataset.from_tensor_slices(seeds).map(
-      lambda s: fn(data, s), num_parallel_calls=2)
+      lambda s: fn(data, s), num_parallel_calls=2
+  )
   for seed, out in zip(seeds, ds):
     np.testing.assert_array_equal(out, fn(data, seed))
 
@@ -95,22 +105,34 @@ def test_optional_augmentations(jpeg):
 
 def test_rotate_by_zero_is_identity_and_by_pi_flips_both_axes():
   image = tf.random.uniform([9, 7, 3], 0, 255)
-  np.testing.assert_allclose(ops.rotate(image, tf.constant(0.0)), image,
-                             atol=1e-3)
-  np.testing.assert_allclose(ops.rotate(image, tf.constant(np.pi)),
-                             image[::-1, ::-1], atol=1e-2)
+  np.testing.assert_allclose(
+      ops.rotate(image, tf.constant(0.0)), image, atol=1e-3
+  )
+  np.testing.assert_allclose(
+      ops.rotate(image, tf.constant(np.pi)), image[::-1, ::-1], atol=1e-2
+  )
 
 
 def test_png_path(jpeg):
   _, pixels = jpeg
   png = tf.io.encode_png(pixels)
-  out = ops.eval_preprocess(png, image_size=16, crop_pct=1.0,
-                            interpolation='bilinear', antialias=False,
-                            jpeg=False)
+  out = ops.eval_preprocess(
+      png,
+      image_size=16,
+      crop_pct=1.0,
+      interpolation='bilinear',
+      antialias=False,
+      jpeg=False,
+  )
   assert out.shape == (16, 16, 3)
   with pytest.raises(tf.errors.InvalidArgumentError):
-    ops.eval_preprocess(png, image_size=16, crop_pct=1.0,
-                        interpolation='bilinear', antialias=False)
+    ops.eval_preprocess(
+        png,
+        image_size=16,
+        crop_pct=1.0,
+        interpolation='bilinear',
+        antialias=False,
+    )
 
 
 def test_to_uint8_rounds_half_up_and_saturates():

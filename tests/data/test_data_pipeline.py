@@ -52,8 +52,10 @@ def test_epochs_are_permutations_reshuffled_each_epoch(tiny_dirs):
   cfg = data_config(tiny_dirs[0])
   # Batch 6 divides the 60 examples: 10 steps per epoch.
   batches = take(_train(cfg, global_batch_size=6), 20)
-  labels = [np.concatenate([b['label'] for b in batches[e * 10:][:10]])
-            for e in range(2)]
+  labels = [
+      np.concatenate([b['label'] for b in batches[e * 10 :][:10]])
+      for e in range(2)
+  ]
   for epoch in labels:  # each epoch holds every example once: 12 per class
     assert collections.Counter(epoch.tolist()) == {c: 12 for c in range(5)}
   assert not np.array_equal(labels[0], labels[1])
@@ -75,8 +77,11 @@ def test_resume_equals_uninterrupted(
   # step, so the epoch positions above hold for P = 1 and P = 2 alike.
   cfg = data_config(tiny_dirs[0])
   for index in range(process_count):
-    kw = dict(global_batch_size=global_batch, process_index=index,
-              process_count=process_count)
+    kw = dict(
+        global_batch_size=global_batch,
+        process_index=index,
+        process_count=process_count,
+    )
     full = take(_train(cfg, **kw), start_step + 4)
     resumed = _train(cfg, start_step=start_step, **kw)
     assert_same_batches(full[start_step:], take(resumed, 4))
@@ -113,13 +118,17 @@ def _digest(image):
 def _eval_examples(cfg, batch, index, count):
   """(image digest, label) of masked-in examples, and the iterable."""
   ev = pipeline.create_eval_iterator(
-      cfg, global_batch_size=batch, process_index=index, process_count=count)
+      cfg, global_batch_size=batch, process_index=index, process_count=count
+  )
   kept, padded = [], 0
   for b in ev:
     assert b['image'].shape == (batch // count, 32, 32, 3)
     assert b['mask'].dtype == bool
-    kept += [(_digest(im), int(l)) for im, l, m in
-             zip(b['image'], b['label'], b['mask']) if m]
+    kept += [
+        (_digest(im), int(l))
+        for im, l, m in zip(b['image'], b['label'], b['mask'])
+        if m
+    ]
     padded += int((~b['mask']).sum())
     # Padding is blank, so it can not reach metrics even unmasked by mistake.
     assert not b['image'][~b['mask']].any()
@@ -134,9 +143,11 @@ def test_eval_counts_every_example_once(tiny_dirs, batch):
   assert len(ev) == -(-NUM_VAL // batch) and padded == len(ev) * batch - 25
   # The labels are exactly the split's.
   truth = tfds.builder('imagenet2012', data_dir=tiny_dirs[0]).as_dataset(
-      split='validation')
+      split='validation'
+  )
   assert collections.Counter(l for _, l in kept) == collections.Counter(
-      int(x['label']) for x in truth)
+      int(x['label']) for x in truth
+  )
   # Iterable again, identically (the loop evaluates many times).
   assert _eval_examples(cfg, batch, 0, 1)[0] == kept
 
@@ -217,8 +228,12 @@ def test_catching_errors_keeps_order_and_flags_failures():
     return {'v': tf.reduce_max(tf.io.decode_jpeg(image)), 'i': i}
 
   out = records.map_and_batch_catching_errors(
-      ds, fn, lambda image, i: {'v': tf.constant(0, tf.uint8), 'i': i},
-      batch_size=2, num_parallel_calls=2)
+      ds,
+      fn,
+      lambda image, i: {'v': tf.constant(0, tf.uint8), 'i': i},
+      batch_size=2,
+      num_parallel_calls=2,
+  )
   got = list(out.as_numpy_iterator())
   assert len(got) == 2  # the remainder is dropped, as in training
   np.testing.assert_array_equal(got[0]['i'], [0, 1])
@@ -231,14 +246,20 @@ def test_catching_errors_keeps_order_and_flags_failures():
 
 
 def test_missing_dataset_error_names_the_expected_files(tmp_path):
-  cfg = data_config(str(tmp_path / 'nothing'),
-                    manual_dir=str(tmp_path / 'tars'))
+  cfg = data_config(
+      str(tmp_path / 'nothing'), manual_dir=str(tmp_path / 'tars')
+  )
   with pytest.raises(pipeline.DataNotFoundError) as e:
     pipeline.dataset_info(cfg)
   msg = str(e.value)
-  for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar',
-               str(tmp_path / 'tars'), str(tmp_path / 'nothing'),
-               'MISSING', 'se_flax.data.prepare'):
+  for part in (
+      'ILSVRC2012_img_train.tar',
+      'ILSVRC2012_img_val.tar',
+      str(tmp_path / 'tars'),
+      str(tmp_path / 'nothing'),
+      'MISSING',
+      'se_flax.data.prepare',
+  ):
     assert part in msg, part
   with pytest.raises(FileNotFoundError):
     pipeline.create_train_iterator(cfg, global_batch_size=2, seed=0)

@@ -12,8 +12,9 @@ def test_preflight_on_missing_archives(tmp_path, capsys):
   assert len(report.problems) == 2
   assert 'ILSVRC2012_img_train.tar' in report.problems[0]
   assert 'ILSVRC2012_img_val.tar' in report.problems[1]
-  rc = prepare.main(['--dry_run', f'--manual_dir={manual}',
-                     f'--data_dir={tmp_path / "tfds"}'])
+  rc = prepare.main(
+      ['--dry_run', f'--manual_dir={manual}', f'--data_dir={tmp_path / "tfds"}']
+  )
   out = capsys.readouterr().out
   assert rc == 1
   assert 'expected layout' in out and f'{manual}/' in out
@@ -28,8 +29,12 @@ def test_preflight_accepts_imagenet_format_archives(tiny_dirs, capsys):
   assert report.needed_bytes > report.archive_bytes > 0
   assert report.free_bytes > 0
   fresh = os.path.join(os.path.dirname(data_dir), 'fresh')
-  assert prepare.main(['--dry_run', f'--manual_dir={manual}',
-                       f'--data_dir={fresh}']) == 0
+  assert (
+      prepare.main(
+          ['--dry_run', f'--manual_dir={manual}', f'--data_dir={fresh}']
+      )
+      == 0
+  )
   assert 'preflight ok' in capsys.readouterr().out
   assert prepare.main([f'--manual_dir={manual}', f'--data_dir={data_dir}']) == 0
   assert 'already prepared' in capsys.readouterr().out
@@ -51,12 +56,14 @@ def test_preflight_flags_wrong_archives_and_full_disks(tmp_path, monkeypatch):
 
 def test_prepare_raises_with_the_layout(tmp_path):
   try:
-    prepare.prepare(data_dir=str(tmp_path / 'tfds'),
-                    manual_dir=str(tmp_path / 'manual'))
+    prepare.prepare(
+        data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual')
+    )
   except FileNotFoundError as e:
     assert 'ILSVRC2012_img_train.tar' in str(e)
     assert 'Expected layout' in str(e)
   else:
     raise AssertionError('expected FileNotFoundError')
-  assert not os.path.exists(tmp_path / 'tfds' / 'imagenet2012' / '5.1.0'
-                            / 'dataset_info.json')
+  assert not os.path.exists(
+      tmp_path / 'tfds' / 'imagenet2012' / '5.1.0' / 'dataset_info.json'
+  )

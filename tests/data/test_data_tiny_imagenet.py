@@ -19,19 +19,22 @@ def test_archives_have_imagenets_layout(tiny_dirs):
   first = tiny_imagenet.synsets()[:5]
   with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_train.tar')) as t:
     assert t.getnames() == [f'{s}.tar' for s in first]
-    inner = tarfile.open(fileobj=io.BytesIO(t.extractfile(f'{first[0]}.tar')
-                                            .read()))
+    inner = tarfile.open(
+        fileobj=io.BytesIO(t.extractfile(f'{first[0]}.tar').read())
+    )
     assert inner.getnames()[:2] == [f'{first[0]}_1.JPEG', f'{first[0]}_2.JPEG']
   with tarfile.open(os.path.join(manual, 'ILSVRC2012_img_val.tar')) as t:
     files = [m.name for m in t.getmembers() if m.isfile()]
     names = t.getnames()
   assert len(files) == NUM_VAL
-  assert all(f.startswith('ILSVRC2012_val_') and f.endswith('.JPEG')
-             for f in files)
+  assert all(
+      f.startswith('ILSVRC2012_val_') and f.endswith('.JPEG') for f in files
+  )
   # Every number up to the last image is present (files or gap entries),
   # so TFDS's positional labelling lines up with the official list.
-  assert names == [f'ILSVRC2012_val_{n:08d}.JPEG'
-                   for n in range(1, len(names) + 1)]
+  assert names == [
+      f'ILSVRC2012_val_{n:08d}.JPEG' for n in range(1, len(names) + 1)
+  ]
 
 
 def test_tfds_labels_match_the_official_validation_labels(tiny_dirs):
@@ -43,7 +46,7 @@ def test_tfds_labels_match_the_official_validation_labels(tiny_dirs):
   seen = set()
   for x in builder.as_dataset(split='validation'):
     name = x['file_name'].numpy().decode()
-    number = int(name[len('ILSVRC2012_val_'):-len('.JPEG')])
+    number = int(name[len('ILSVRC2012_val_') : -len('.JPEG')])
     assert int(x['label']) == synsets.index(official[number - 1]) < 5
     seen.add(int(x['label']))
   assert seen == set(range(5))
@@ -58,11 +61,18 @@ def test_reuses_a_prepared_copy_and_refuses_other_arguments(tiny_dirs):
 
 def test_realistic_jpeg_sizes(tmp_path):
   tiny_imagenet.write_archives(
-      str(tmp_path), num_classes=1, train_per_class=3, val_per_class=1,
-      image_size=433, seed=0, noise=20.0)
+      str(tmp_path),
+      num_classes=1,
+      train_per_class=3,
+      val_per_class=1,
+      image_size=433,
+      seed=0,
+      noise=20.0,
+  )
   with tarfile.open(tmp_path / 'ILSVRC2012_img_train.tar') as t:
-    inner = tarfile.open(fileobj=io.BytesIO(t.extractfile(t.getnames()[0])
-                                            .read()))
+    inner = tarfile.open(
+        fileobj=io.BytesIO(t.extractfile(t.getnames()[0]).read())
+    )
     jpegs = [inner.extractfile(m).read() for m in inner.getmembers()]
   for data in jpegs:
     h, w, _ = tf.image.extract_jpeg_shape(data).numpy()

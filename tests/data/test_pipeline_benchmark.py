@@ -5,8 +5,22 @@ from tests.data.helpers import data_config
 
 
 def test_benchmark_reports_all_figures(tiny_dirs):
-  result = benchmark.run(data_config(tiny_dirs[0]), batch_size=8,
-                         seconds=0.3, repeats=1, log=lambda _: None)
-  for key in ('bare', 'train', 'eval', 'bare_per_cpu', 'train_per_cpu',
-              'eval_per_cpu', 'ratio', 'cpu_ratio', 'cores'):
+  result = benchmark.run(
+      data_config(tiny_dirs[0]),
+      batch_size=8,
+      seconds=0.3,
+      repeats=1,
+      log=lambda _: None,
+  )
+  for key in (
+      'bare',
+      'train',
+      'eval',
+      'bare_per_cpu',
+      'train_per_cpu',
+      'eval_per_cpu',
+      'ratio',
+      'cpu_ratio',
+      'cores',
+  ):
     assert result[key] > 0, key

@@ -8,12 +8,21 @@ import pytest
 from se_flax.train import config as config_lib
 
 CONFIGS = pathlib.Path(__file__).parents[2] / 'configs'
-CASES = [('default', None), ('ablation', None), ('modern', None),
-         ('synthetic', None), ('quickstart', None),
-         ('paired', 'se_resnet50'), ('paired', 'se_resnext50_32x4d'),
-         ('paired', 'se_resnet101'), ('paired', 'se_inception_resnet_v2'),
-         ('paired', 'se_bn_inception'), ('paired', 'se_vgg16_bn'),
-         ('mobile', 'se_mobilenetv1_100'), ('mobile', 'se_shufflenet_g3')]
+CASES = [
+    ('default', None),
+    ('ablation', None),
+    ('modern', None),
+    ('synthetic', None),
+    ('quickstart', None),
+    ('paired', 'se_resnet50'),
+    ('paired', 'se_resnext50_32x4d'),
+    ('paired', 'se_resnet101'),
+    ('paired', 'se_inception_resnet_v2'),
+    ('paired', 'se_bn_inception'),
+    ('paired', 'se_vgg16_bn'),
+    ('mobile', 'se_mobilenetv1_100'),
+    ('mobile', 'se_shufflenet_g3'),
+]
 
 
 def _load(name, arg):

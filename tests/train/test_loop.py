@@ -18,6 +18,7 @@ from se_flax.train import config as config_lib
 from tests.train.helpers import assert_trees_equal, read_metrics
 from tests.train.tiny_config import tiny_config
 
+
 def test_resume_is_bitwise_identical(tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   full = loop.train_and_evaluate(tiny_config(), straight)
@@ -31,8 +32,9 @@ def test_resume_is_bitwise_identical(tmp_path):
   assert logged == [r for r in read_metrics(straight) if r['step'] > 2]
   assert full.eval_metrics['eval/num_examples'] == 20
   assert full.eval_metrics == again.eval_metrics
-  assert_trees_equal(se_flax.load_variables(straight),
-                      se_flax.load_variables(resumed))
+  assert_trees_equal(
+      se_flax.load_variables(straight), se_flax.load_variables(resumed)
+  )
 
 
 def test_sigterm_saves_and_next_start_resumes(tmp_path, monkeypatch):
@@ -49,6 +51,7 @@ def test_sigterm_saves_and_next_start_resumes(tmp_path, monkeypatch):
         if i == 3:
           os.kill(os.getpid(), signal.SIGTERM)
         yield batch
+
     made.train = train_then_sigterm
     return made
 
@@ -65,8 +68,9 @@ def test_sigterm_saves_and_next_start_resumes(tmp_path, monkeypatch):
   config.resume_allow_changes = 'num_train_steps'
   resumed = loop.train_and_evaluate(config, workdir)
   assert not resumed.preempted and int(resumed.state.step) == stopped + 2
-  first_logged = min(r['step'] for r in read_metrics(workdir)
-                     if r['step'] > stopped)
+  first_logged = min(
+      r['step'] for r in read_metrics(workdir) if r['step'] > stopped
+  )
   assert first_logged > stopped
 
 
@@ -78,8 +82,8 @@ def test_checkpoints_move_between_8_and_1_devices(tmp_path):
   one = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   on_one = sharding.replicated(one)
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one),
-      state8)
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_one), state8
+  )
   ckpt = checkpoint.Checkpoints(workdir, async_save=False)
   restored, meta = ckpt.restore(abstract)
   assert meta['step'] == 2
@@ -90,9 +94,13 @@ def test_checkpoints_move_between_8_and_1_devices(tmp_path):
   ckpt.save(7, restored, meta)
   ckpt.wait()
   eight = sharding.replicated(sharding.create_mesh())
-  back, _ = ckpt.restore(jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=eight),
-      state8), step=7)
+  back, _ = ckpt.restore(
+      jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=eight),
+          state8,
+      ),
+      step=7,
+  )
   assert len(jax.tree_util.tree_leaves(back)[0].sharding.device_set) == 8
   assert_trees_equal(jax.device_get(state8), jax.device_get(back))
   ckpt.close()
@@ -113,23 +121,29 @@ def test_export_and_notebook_loading(tmp_path):
   assert_trees_equal(exported, variables)
   model = se_flax.create_model('seresnet_tiny', num_classes=10)
   x = np.zeros((1, 32, 32, 3), np.float32)
-  np.testing.assert_array_equal(model.apply(exported, x, train=False),
-                                model.apply(variables, x, train=False))
+  np.testing.assert_array_equal(
+      model.apply(exported, x, train=False),
+      model.apply(variables, x, train=False),
+  )
   with pytest.raises(FileNotFoundError, match='step 5'):
     se_flax.load_variables(workdir, step=5)
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['model']['name'] == 'seresnet_tiny'
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('batch_size', 12, 'batch_size.*multiple of the 8 devices'),
-    ('eval_batch_size', 4, 'eval_batch_size'),
-    ('lr_schedule', 'linear', 'lr_schedule'),
-    ('nonfinite', 'ignore', 'nonfinite'),
-    ('ema_decay', 1.0, 'ema_decay'),
-])
-def test_misconfiguration_fails_before_compiling(tmp_path, field, value,
-                                                 message):
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('batch_size', 12, 'batch_size.*multiple of the 8 devices'),
+        ('eval_batch_size', 4, 'eval_batch_size'),
+        ('lr_schedule', 'linear', 'lr_schedule'),
+        ('nonfinite', 'ignore', 'nonfinite'),
+        ('ema_decay', 1.0, 'ema_decay'),
+    ],
+)
+def test_misconfiguration_fails_before_compiling(
+    tmp_path, field, value, message
+):
   config = tiny_config()
   config[field] = value
   with pytest.raises(ValueError, match=message):
@@ -137,12 +151,15 @@ def test_misconfiguration_fails_before_compiling(tmp_path, field, value,
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('name', 'seresnet5', 'model.name'),
-    ('se_position', 'middle', 'se_position'),
-    ('bn_groups', 3, 'bn_groups'),
-    ('dtype', 'int8', 'model.dtype'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('name', 'seresnet5', 'model.name'),
+        ('se_position', 'middle', 'se_position'),
+        ('bn_groups', 3, 'bn_groups'),
+        ('dtype', 'int8', 'model.dtype'),
+    ],
+)
 def test_model_misconfiguration_is_named(field, value, message):
   config = tiny_config()
   config.model[field] = value
@@ -173,8 +190,11 @@ def test_logged_step_time_is_wall_clock_time(tmp_path, monkeypatch):
   real_step = steps.train_step
 
   def slow_step(state, batch, **kwargs):
-    token = io_callback(lambda: (time.sleep(sleep), np.int32(0))[1],
-                        jax.ShapeDtypeStruct((), np.int32), ordered=True)
+    token = io_callback(
+        lambda: (time.sleep(sleep), np.int32(0))[1],
+        jax.ShapeDtypeStruct((), np.int32),
+        ordered=True,
+    )
     state, metrics = real_step(state, batch, **kwargs)
     return state, dict(metrics, loss=metrics['loss'] + 0.0 * token)
 
@@ -182,8 +202,11 @@ def test_logged_step_time_is_wall_clock_time(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   start = time.perf_counter()
   loop.train_and_evaluate(
-      tiny_config(num_train_steps=9, log_every_steps=4,
-                  checkpoint_every_steps=100), workdir)
+      tiny_config(
+          num_train_steps=9, log_every_steps=4, checkpoint_every_steps=100
+      ),
+      workdir,
+  )
   wall = time.perf_counter() - start
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
@@ -213,16 +236,20 @@ def _signal_at(step_index, signum, stage='train'):
         if i == step_index:
           os.kill(os.getpid(), signum)
         yield batch
+
     made.train = train_then_signal
     return made
+
   return signalling_inputs
 
 
 def test_ctrl_c_saves_and_a_signal_in_setup_stops_before_compiling(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   workdir = str(tmp_path / 'run')
-  config = tiny_config(num_train_steps=50, checkpoint_every_steps=1000,
-                       async_checkpoints=True)
+  config = tiny_config(
+      num_train_steps=50, checkpoint_every_steps=1000, async_checkpoints=True
+  )
   monkeypatch.setattr(loop, 'create_inputs', _signal_at(3, signal.SIGINT))
   result = loop.train_and_evaluate(config, workdir)
   assert result.preempted and result.stop_signal == 'SIGINT'
@@ -230,12 +257,16 @@ def test_ctrl_c_saves_and_a_signal_in_setup_stops_before_compiling(
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
-  monkeypatch.setattr(loop, 'create_inputs',
-                      _signal_at(0, signal.SIGTERM, stage='setup'))
+  monkeypatch.setattr(
+      loop, 'create_inputs', _signal_at(0, signal.SIGTERM, stage='setup')
+  )
   result = loop.train_and_evaluate(config, workdir)
   assert result.preempted and result.stop_signal == 'SIGTERM'
   assert int(result.state.step) == stopped  # Not one step more.
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
-  compiles = [r for r in map(json.loads, open(
-      os.path.join(workdir, 'metrics.jsonl'))) if 'compile_seconds' in r]
+  compiles = [
+      r
+      for r in map(json.loads, open(os.path.join(workdir, 'metrics.jsonl')))
+      if 'compile_seconds' in r
+  ]
   assert len(compiles) == 1  # The first run's only.

@@ -21,6 +21,7 @@ def _config(root, **overrides):
 
 def test_resume_and_exact_eval_on_tfds(tmp_path):
   from se_flax.train import loop  # pylint: disable=g-import-not-at-top
+
   root = str(tmp_path / 'tiny')
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   # 60 training images, batch 16: 3 steps per epoch, so step 4 crosses an
@@ -30,6 +31,7 @@ def test_resume_and_exact_eval_on_tfds(tmp_path):
   again = loop.train_and_evaluate(_config(root), resumed)
   assert_trees_equal(jax.device_get(full.state), jax.device_get(again.state))
   assert [r for r in read_metrics(resumed) if r['step'] > 2] == [
-      r for r in read_metrics(straight) if r['step'] > 2]
+      r for r in read_metrics(straight) if r['step'] > 2
+  ]
   assert full.eval_metrics['eval/num_examples'] == 25
   assert full.eval_metrics == again.eval_metrics

@@ -23,9 +23,16 @@ def _stored(tmp_path):
 
 
 def _foreign(heartbeat, host='other-host'):
-  return json.dumps({'host': host, 'pid': 4242, 'process_start': None,
-                     'start_time': '2026-01-01T00:00:00+00:00',
-                     'token': 'f' * 32, 'heartbeat': heartbeat}).encode()
+  return json.dumps(
+      {
+          'host': host,
+          'pid': 4242,
+          'process_start': None,
+          'start_time': '2026-01-01T00:00:00+00:00',
+          'token': 'f' * 32,
+          'heartbeat': heartbeat,
+      }
+  ).encode()
 
 
 def test_second_lock_refused_then_free_after_release(tmp_path):
@@ -56,8 +63,9 @@ def test_live_foreign_holder_refused_stale_one_taken_over(tmp_path):
 
 def test_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
   store, _ = _stored(tmp_path)
-  record = json.loads(_foreign(time.time(), host=ObjectStoreLock(
-      _url(tmp_path)).host))
+  record = json.loads(
+      _foreign(time.time(), host=ObjectStoreLock(_url(tmp_path)).host)
+  )
   record['process_start'] = 'no-such-boot:1'  # Its pid was reused or died.
   store.write(workdir_lock.LOCK_NAME, json.dumps(record).encode()).result()
   with ObjectStoreLock(_url(tmp_path)) as lock:
@@ -65,15 +73,17 @@ def test_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
 
 
 def test_heartbeat_refreshes_and_notices_a_takeover(tmp_path):
-  lock = ObjectStoreLock(_url(tmp_path), heartbeat_seconds=0.05,
-                         stale_after_seconds=1.0)
+  lock = ObjectStoreLock(
+      _url(tmp_path), heartbeat_seconds=0.05, stale_after_seconds=1.0
+  )
   lock.acquire()
   first = json.loads(_stored(tmp_path)[1].value)
   time.sleep(0.3)
   beat = json.loads(_stored(tmp_path)[1].value)
   assert beat['heartbeat'] > first['heartbeat']
   assert {k: v for k, v in beat.items() if k != 'heartbeat'} == {
-      k: v for k, v in first.items() if k != 'heartbeat'}
+      k: v for k, v in first.items() if k != 'heartbeat'
+  }
   store, _ = _stored(tmp_path)
   store.write(workdir_lock.LOCK_NAME, _foreign(time.time())).result()
   time.sleep(0.3)

@@ -14,7 +14,8 @@ from se_flax.train import checkpoint, paths, writers
 def test_urls_stay_urls():
   assert str(paths.workdir_path('gs://bucket/run')) == 'gs://bucket/run'
   assert str(paths.workdir_path('gs://bucket/run') / 'checkpoints') == (
-      'gs://bucket/run/checkpoints')
+      'gs://bucket/run/checkpoints'
+  )
   assert str(paths.workdir_path('rel/run')) == os.path.abspath('rel/run')
   ckpt_dir = checkpoint.workdir_path('gs://bucket/run') / 'best' / '3'
   assert str(ckpt_dir) == 'gs://bucket/run/best/3'
@@ -22,7 +23,8 @@ def test_urls_stay_urls():
 
 
 def test_metrics_are_rewritten_whole_where_appending_is_impossible(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   """The object-store branch of JsonlWriter (no appends: the object is
   written whole at each flush, keeping what a previous run wrote)."""
   monkeypatch.setattr(paths, 'is_url', lambda path: True)

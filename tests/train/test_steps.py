@@ -26,8 +26,10 @@ def _config(**overrides):
 
 def _batch(seed, n=16, size=32, classes=10):
   rng = np.random.default_rng(seed)
-  return {'image': rng.integers(0, 256, (n, size, size, 3), np.uint8),
-          'label': rng.integers(0, classes, (n,), np.int32)}
+  return {
+      'image': rng.integers(0, 256, (n, size, size, 3), np.uint8),
+      'label': rng.integers(0, classes, (n,), np.int32),
+  }
 
 
 def _setup(config, mesh, classes=10):
@@ -35,15 +37,19 @@ def _setup(config, mesh, classes=10):
   schedule = optim.create_schedule(config, steps_per_epoch=10)
   tx = optim.create_optimizer(config, schedule)
   state = loop.create_state(config, model, tx, 32, mesh)
-  fn = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                 schedule=schedule,
-                                 bn_groups=config.model.bn_groups,
-                                 ema_decay=config.ema_decay),
-               in_shardings=(sharding.replicated(mesh),
-                             sharding.batch_sharding(mesh)),
-               out_shardings=(sharding.replicated(mesh),
-                              sharding.replicated(mesh)),
-               donate_argnums=0)
+  fn = jax.jit(
+      functools.partial(
+          steps.train_step,
+          model=model,
+          tx=tx,
+          schedule=schedule,
+          bn_groups=config.model.bn_groups,
+          ema_decay=config.ema_decay,
+      ),
+      in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+      out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)),
+      donate_argnums=0,
+  )
   return state, fn
 
 
@@ -63,11 +69,15 @@ def test_eight_devices_match_one_device():
   state1, m1 = _run(config, one)
   state8, m8 = _run(config, eight)
   assert int(state8.step) == 3
-  for a, b in zip(jax.tree_util.tree_leaves(state1.params),
-                  jax.tree_util.tree_leaves(state8.params)):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(state1.params),
+      jax.tree_util.tree_leaves(state8.params),
+  ):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state1.batch_stats),
-                  jax.tree_util.tree_leaves(state8.batch_stats)):
+  for a, b in zip(
+      jax.tree_util.tree_leaves(state1.batch_stats),
+      jax.tree_util.tree_leaves(state8.batch_stats),
+  ):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
 
@@ -88,8 +98,9 @@ def test_bn_groups_normalise_per_group():
   np.testing.assert_allclose(logits_g[:8], logits_a, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(logits_g[8:], logits_b, rtol=1e-4, atol=1e-4)
   assert not np.allclose(logits_g, logits_all, atol=1e-3)
-  leaves = zip(*(jax.tree_util.tree_leaves(s)
-                 for s in (stats_g, stats_a, stats_b)))
+  leaves = zip(
+      *(jax.tree_util.tree_leaves(s) for s in (stats_g, stats_a, stats_b))
+  )
   for grouped, a, b in leaves:
     np.testing.assert_allclose(grouped, (a + b) / 2, rtol=1e-5, atol=1e-6)
 
@@ -100,8 +111,10 @@ def _assert_unchanged_but_counted(old, new):
   assert int(new.step) == int(old.step) + 1
   assert int(new.skipped_steps) == int(old.skipped_steps) + 1
   for field in ('params', 'batch_stats', 'opt_state', 'rng'):
-    for a, b in zip(jax.tree_util.tree_leaves(getattr(old, field)),
-                    jax.tree_util.tree_leaves(getattr(new, field))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(getattr(old, field)),
+        jax.tree_util.tree_leaves(getattr(new, field)),
+    ):
       np.testing.assert_array_equal(a, b, err_msg=field)
 
 
@@ -110,8 +123,11 @@ def test_nonfinite_step_is_skipped_and_counted():
   mesh = Mesh(np.asarray(jax.devices()[:1]), ('data',))
   state, fn = _setup(config, mesh)
   batch = sharding.global_batch(_batch(0), sharding.batch_sharding(mesh))
-  poisoned = state.replace(params=jax.tree_util.tree_map(
-      lambda p: p.at[...].set(jnp.nan) if p.ndim == 4 else p, state.params))
+  poisoned = state.replace(
+      params=jax.tree_util.tree_map(
+          lambda p: p.at[...].set(jnp.nan) if p.ndim == 4 else p, state.params
+      )
+  )
   kept = jax.device_get(poisoned)
   new, metrics = fn(poisoned, batch)
   assert not bool(metrics['finite'])
@@ -127,10 +143,17 @@ def test_nonfinite_optimizer_state_is_never_applied():
   batch = sharding.global_batch(_batch(0), sharding.batch_sharding(mesh))
   trace = state.opt_state[1][0].trace
   damaged = jax.tree_util.tree_map(
-      lambda t: t.at[(0,) * t.ndim].set(jnp.inf), trace)
-  poisoned = state.replace(opt_state=(
-      state.opt_state[0], (state.opt_state[1][0]._replace(trace=damaged),
-                           *state.opt_state[1][1:])))
+      lambda t: t.at[(0,) * t.ndim].set(jnp.inf), trace
+  )
+  poisoned = state.replace(
+      opt_state=(
+          state.opt_state[0],
+          (
+              state.opt_state[1][0]._replace(trace=damaged),
+              *state.opt_state[1][1:],
+          ),
+      )
+  )
   kept = jax.device_get(poisoned)
   new, metrics = fn(poisoned, batch)
   assert np.isfinite(float(metrics['loss']))
@@ -151,27 +174,32 @@ def test_ema_tracks_params():
   batch = sharding.global_batch(_batch(0), sharding.batch_sharding(mesh))
   new, _ = fn(state, batch)
   new = jax.device_get(new)
-  for e, a, b in zip(jax.tree_util.tree_leaves(new.ema_params),
-                     jax.tree_util.tree_leaves(p0),
-                     jax.tree_util.tree_leaves(new.params)):
+  for e, a, b in zip(
+      jax.tree_util.tree_leaves(new.ema_params),
+      jax.tree_util.tree_leaves(p0),
+      jax.tree_util.tree_leaves(new.params),
+  ):
     np.testing.assert_allclose(e, 0.5 * a + 0.5 * b, rtol=1e-5, atol=1e-6)
 
 
 def test_eval_step_masks_padding():
   model = se_flax.create_model('seresnet_tiny', num_classes=10)
   batch = _batch(0)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                         train=False)
-  full = steps.eval_step(variables, {**batch, 'mask': np.ones(16, bool)},
-                         model=model)
+  variables = model.init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+  )
+  full = steps.eval_step(
+      variables, {**batch, 'mask': np.ones(16, bool)}, model=model
+  )
   half_mask = np.arange(16) < 5
   padded = {k: v.copy() for k, v in batch.items()}
   padded['label'][5:] = 0  # Padding content must not matter.
-  half = steps.eval_step(variables, {**padded, 'mask': half_mask},
-                         model=model)
+  half = steps.eval_step(variables, {**padded, 'mask': half_mask}, model=model)
   first5 = steps.eval_step(
-      variables, {k: v[:5] for k, v in batch.items()} | {
-          'mask': np.ones(5, bool)}, model=model)
+      variables,
+      {k: v[:5] for k, v in batch.items()} | {'mask': np.ones(5, bool)},
+      model=model,
+  )
   assert int(half['count']) == 5 and int(full['count']) == 16
   for k in ('loss_sum', 'top1_count', 'top5_count'):
     np.testing.assert_allclose(half[k], first5[k], rtol=1e-5)
@@ -179,16 +207,21 @@ def test_eval_step_masks_padding():
 
 def test_weight_decay_mask():
   model = se_flax.create_model('seresnet_tiny', num_classes=10)
-  params = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))['params']
+  params = jax.eval_shape(
+      lambda: model.init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+  )['params']
   mask = optim.weight_decay_mask(params, decay_se=False)
   block = mask['stage1_block0']
   assert block['conv1']['kernel'] is True
   assert block['bn1']['scale'] is False and block['bn1']['bias'] is False
   assert block['se']['fc1']['kernel'] is False
   assert mask['fc']['kernel'] is True and mask['fc']['bias'] is False
-  assert optim.weight_decay_mask(params)['stage1_block0']['se']['fc1'][
-      'kernel'] is True
+  assert (
+      optim.weight_decay_mask(params)['stage1_block0']['se']['fc1']['kernel']
+      is True
+  )
 
 
 def test_schedules():
@@ -196,8 +229,11 @@ def test_schedules():
   config.lr_decay_epochs = (30, 60, 90)
   s = optim.create_schedule(config, steps_per_epoch=100)
   assert optim.learning_rate(config) == pytest.approx(0.3)
-  np.testing.assert_allclose([s(0), s(2999), s(3000), s(6000), s(9000)],
-                             [0.3, 0.3, 0.03, 0.003, 0.0003], rtol=1e-5)
+  np.testing.assert_allclose(
+      [s(0), s(2999), s(3000), s(6000), s(9000)],
+      [0.3, 0.3, 0.03, 0.003, 0.0003],
+      rtol=1e-5,
+  )
   config.lr_schedule = 'cosine'
   config.warmup_epochs = 5.0
   config.num_epochs = 100.0

@@ -18,32 +18,32 @@ from se_flax.train.workdir_lock import WorkdirInUseError, WorkdirLock
 
 # Children load the module by path: `import se_flax` would import JAX,
 # seconds per process on a small machine.
-_PRELUDE = textwrap.dedent(f'''
+_PRELUDE = textwrap.dedent(f"""
     import importlib.util, os, sys, time
     spec = importlib.util.spec_from_file_location(
         'workdir_lock', {workdir_lock.__file__!r})
     wl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(wl)
-''')
+""")
 
 # Holds the lock until killed.
-_HOLD = _PRELUDE + textwrap.dedent('''
+_HOLD = _PRELUDE + textwrap.dedent("""
     lock = wl.WorkdirLock(sys.argv[1])
     lock.acquire()
     print('HELD', flush=True)
     time.sleep(60)
-''')
+""")
 
 # Acquires or fails; exits non-zero with the error if the lock is busy.
-_TRY = _PRELUDE + textwrap.dedent('''
+_TRY = _PRELUDE + textwrap.dedent("""
     with wl.WorkdirLock(sys.argv[1]):
       print('OK', flush=True)
-''')
+""")
 
 # Signals readiness, waits for the go file, then contends. The winner holds
 # the lock for at least 1 s and until every loser has reported, so a child
 # the scheduler left behind cannot come in after the release.
-_RACE = _PRELUDE + textwrap.dedent('''
+_RACE = _PRELUDE + textwrap.dedent("""
     workdir, signals, index, n = sys.argv[1:4] + [int(sys.argv[4])]
     open(os.path.join(signals, 'ready' + index), 'w').close()
     while not os.path.exists(os.path.join(signals, 'go')):
@@ -59,19 +59,27 @@ _RACE = _PRELUDE + textwrap.dedent('''
     except wl.WorkdirInUseError:
       print('BUSY', flush=True)
       open(os.path.join(signals, 'busy' + index), 'w').close()
-''')
+""")
 
 
 def _python(code, *args, **kwargs):
-  return subprocess.Popen([sys.executable, '-c', code, *map(str, args)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, **kwargs)
+  return subprocess.Popen(
+      [sys.executable, '-c', code, *map(str, args)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      **kwargs,
+  )
 
 
 def _write_record(workdir, **fields):
-  record = {'host': socket.gethostname(), 'pid': os.getpid(),
-            'process_start': workdir_lock.process_start(os.getpid()),
-            'start_time': '2000-01-01T00:00:00+00:00', 'token': 'theirs'}
+  record = {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'process_start': workdir_lock.process_start(os.getpid()),
+      'start_time': '2000-01-01T00:00:00+00:00',
+      'token': 'theirs',
+  }
   record.update(fields)
   path = os.path.join(workdir, 'lock.json')
   with open(path, 'w') as f:
@@ -104,8 +112,13 @@ def test_second_lock_in_the_same_process_fails_until_release(tmp_path):
   with pytest.raises(WorkdirInUseError) as e:
     WorkdirLock(workdir).acquire()
   message = str(e.value)
-  for part in (socket.gethostname(), str(os.getpid()), record['start_time'],
-               first.path, 'delete'):
+  for part in (
+      socket.gethostname(),
+      str(os.getpid()),
+      record['start_time'],
+      first.path,
+      'delete',
+  ):
     assert part in message
 
   first.release()
@@ -123,8 +136,12 @@ def test_second_process_fails_while_the_first_holds(tmp_path):
     out, err = _python(_TRY, tmp_path).communicate(timeout=30)
   assert 'OK' not in out
   assert 'WorkdirInUseError' in err
-  for part in (socket.gethostname(), f'pid {os.getpid()}', start_time,
-               lock.path):
+  for part in (
+      socket.gethostname(),
+      f'pid {os.getpid()}',
+      start_time,
+      lock.path,
+  ):
     assert part in err
 
   child = _python(_TRY, tmp_path)  # Free again.
@@ -175,8 +192,9 @@ def test_dead_pid_is_stale(tmp_path):
 
 
 def test_other_host_is_judged_by_its_heartbeat(tmp_path):
-  path = _write_record(str(tmp_path), host='another-host.example', pid=1,
-                       process_start='x:1')
+  path = _write_record(
+      str(tmp_path), host='another-host.example', pid=1, process_start='x:1'
+  )
   _age(path, 100)
   with pytest.raises(WorkdirInUseError, match='another-host.example'):
     WorkdirLock(str(tmp_path), stale_after_seconds=300).acquire()
@@ -261,8 +279,9 @@ def test_forked_child_does_not_release_its_parents_lock(tmp_path):
 
 def test_heartbeat_never_touches_another_holders_lock(tmp_path, caplog):
   with caplog.at_level(logging.WARNING):
-    with WorkdirLock(str(tmp_path), heartbeat_seconds=0.05,
-                     stale_after_seconds=1.0):
+    with WorkdirLock(
+        str(tmp_path), heartbeat_seconds=0.05, stale_after_seconds=1.0
+    ):
       path = _write_record(str(tmp_path), token='someone-else')
       _age(path, 100)
       deadline = time.time() + 5
@@ -274,8 +293,9 @@ def test_heartbeat_never_touches_another_holders_lock(tmp_path, caplog):
 
 
 def test_heartbeat_refreshes_the_mtime(tmp_path):
-  with WorkdirLock(str(tmp_path), heartbeat_seconds=0.1,
-                   stale_after_seconds=1.0) as lock:
+  with WorkdirLock(
+      str(tmp_path), heartbeat_seconds=0.1, stale_after_seconds=1.0
+  ) as lock:
     _age(lock.path, 100)
     deadline = time.time() + 5
     while os.stat(lock.path).st_mtime < time.time() - 50:
@@ -301,9 +321,11 @@ def test_odd_lock_files_fail_clearly_or_count_as_stale(tmp_path):
   with pytest.raises(IsADirectoryError, match='lock.json is a directory'):
     WorkdirLock(str(tmp_path)).acquire()
   os.rmdir(os.path.join(tmp_path, 'lock.json'))
-  path = _write_record(str(tmp_path), host='ahead.example', pid=1,
-                       process_start='x:1')
+  path = _write_record(
+      str(tmp_path), host='ahead.example', pid=1, process_start='x:1'
+  )
   _age(path, -86400)
-  with pytest.raises(WorkdirInUseError,
-                     match=r'\d+ s in the future \(the hosts\' clocks'):
+  with pytest.raises(
+      WorkdirInUseError, match=r'\d+ s in the future \(the hosts\' clocks'
+  ):
     WorkdirLock(str(tmp_path)).acquire()

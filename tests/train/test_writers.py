@@ -30,8 +30,12 @@ def test_every_writer_gets_every_call():
   fan.write_hparams({'lr': 0.1})
   fan.flush()
   fan.close()
-  expected = [('scalars', 3, {'loss': 1.5}), ('hparams', {'lr': 0.1}),
-              ('flush',), ('close',)]
+  expected = [
+      ('scalars', 3, {'loss': 1.5}),
+      ('hparams', {'lr': 0.1}),
+      ('flush',),
+      ('close',),
+  ]
   assert a.calls == expected and b.calls == expected
 
 
