@@ -1,12 +1,13 @@
 """Derivative rules that XLA's CPU backend runs faster (same functions).
 
-`layers` uses these only when the backend is the CPU (decided at trace
-time); elsewhere it uses plain XLA ops and JAX's own derivatives. Each
+`layers` uses these only under `layers.use_cpu_rules()` (the 'auto'
+setting on the CPU backend, decided at trace time: `layers/rules.py`);
+otherwise plain Flax/XLA layers and JAX's own derivatives. Each
 function returns exactly what the plain version returns (forward bit for
 bit) and its gradient equals JAX's to float rounding
 (tests/test_cpu_grads.py, tests/test_layers.py). `matmul` and
-`batch_norm_train` are `jax.custom_vjp` (reverse mode only: layers with
-`impl='xla'` do without them); `max_pool` is a `jax.custom_jvp`, so both
+`batch_norm_train` are `jax.custom_vjp` (reverse mode only: `layer_rules('off')`
+does without them); `max_pool` is a `jax.custom_jvp`, so both
 modes work. Measurements: PERFORMANCE.md, "1x1 weight gradients", "Max
 pooling's gradient" and "BatchNorm's closed-form gradient".
 """

@@ -375,13 +375,14 @@ def test_every_family_keeps_the_call_contract(name, size, overrides):
   with pytest.raises(ValueError, match='NHWC'):
     model.init(jax.random.key(0), jnp.zeros((1, 3, size, size)), train=False)
 
-  # layer_impl reaches every convolution: with 'xla' forward-mode autodiff
+  # The rules switch reaches every layer: with 'off' forward-mode autodiff
   # traces (a CPU custom-VJP 1x1 conv left on 'auto' would refuse it).
   def forward_mode(m):  # Lowered, not compiled: the check is at lowering.
     apply = lambda v: m.apply(v, x, train=False)
     return jax.jit(lambda v: jax.jvp(apply, (v,), (v,))).lower(variables)
 
-  forward_mode(model.clone(layer_impl='xla'))
+  with layers.layer_rules('off'):
+    forward_mode(model)
   if jax.default_backend() == 'cpu':
     with pytest.raises(TypeError, match='custom_vjp'):
       forward_mode(model)

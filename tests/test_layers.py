@@ -1,5 +1,6 @@
 """SqueezeExcite and the padding/pooling helpers."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,7 +172,7 @@ def test_conv_matches_symmetric_lax_conv(kernel, strides, groups):
 def test_cpu_1x1_gradient_rule_equals_xla_autodiff(
     in_features, features, strides, dtype
 ):
-  # impl='auto' on the CPU backend uses a custom VJP (PERFORMANCE.md,
+  # The 'auto' layer rules on the CPU backend use a custom VJP (PERFORMANCE.md,
   # "1x1 weight gradients"); it must be the same function and gradient as
   # plain XLA ops.
   x = jax.random.normal(jax.random.key(3), (2, 9, 10, in_features))
@@ -181,16 +182,17 @@ def test_cpu_1x1_gradient_rule_equals_xla_autodiff(
   )
   variables = layers.Conv2d(features, 1, strides).init(jax.random.key(0), x)
 
-  def grads(impl):
-    conv = layers.Conv2d(features, 1, strides, dtype=dtype, impl=impl)
+  conv = layers.Conv2d(features, 1, strides, dtype=dtype)
 
+  def grads(rules):
     def loss(v, x):
       y = conv.apply(v, x)
       return jnp.sum(y.astype(jnp.float32) * g)
 
-    return jax.grad(loss, argnums=(0, 1))(variables, x)
+    with layers.layer_rules(rules):
+      return jax.grad(loss, argnums=(0, 1))(variables, x)
 
-  (dv_auto, dx_auto), (dv_xla, dx_xla) = grads('auto'), grads('xla')
+  (dv_auto, dx_auto), (dv_xla, dx_xla) = grads('auto'), grads('off')
   tol = 1e-5 if dtype == jnp.float32 else 2e-2
   np.testing.assert_allclose(
       dv_auto['params']['kernel'],
@@ -203,20 +205,18 @@ def test_cpu_1x1_gradient_rule_equals_xla_autodiff(
   assert dx_auto.dtype == x.dtype
 
 
-def _copies_in_compiled_gradient(impl):
+def _copies_in_compiled_gradient(rules):
   x = jnp.ones((4, 14, 14, 64))
-  conv = layers.Conv2d(256, 1, impl=impl)
+  conv = layers.Conv2d(256, 1)
   variables = conv.init(jax.random.key(0), x)
 
   def loss(v, x):  # An elementwise producer, as BN backward or a residual.
     return jnp.sum(conv.apply(v, jax.nn.relu(x * 2.0)) ** 2)
 
-  hlo = (
-      jax.jit(jax.grad(loss), compiler_options=runtime.compiler_options())
-      .lower(variables, x)
-      .compile()
-      .as_text()
-  )
+  step = jax.jit(jax.grad(loss), compiler_options=runtime.compiler_options())
+  with layers.layer_rules(rules):
+    lowered = step.lower(variables, x)
+  hlo = lowered.compile().as_text()
   return [line for line in hlo.splitlines() if ' copy(' in line]
 
 
@@ -225,18 +225,29 @@ def test_cpu_1x1_weight_gradient_reads_its_operands_in_place(full_optimization):
   # XLA's own transpose rule makes the CPU backend copy an operand into
   # (C, N*H*W) order (and recompute its producer there); the CPU rule's
   # product must not (PERFORMANCE.md, "1x1 weight gradients").
-  assert _copies_in_compiled_gradient('xla')
+  assert _copies_in_compiled_gradient('off')
   assert not _copies_in_compiled_gradient('auto')
 
 
-def test_layer_impl_xla_allows_forward_mode_and_bad_impl_is_named():
+def test_layer_rules_off_allow_forward_mode_and_a_bad_setting_is_named():
   x = jnp.ones((1, 4, 4, 8))
-  conv = layers.Conv2d(4, 1, impl='xla')
+  conv = layers.Conv2d(4, 1)
   variables = conv.init(jax.random.key(0), x)
-  _, tangent = jax.jvp(lambda x: conv.apply(variables, x), (x,), (x,))
+  with layers.layer_rules('off'):
+    assert not layers.use_cpu_rules()
+    _, tangent = jax.jvp(lambda x: conv.apply(variables, x), (x,), (x,))
   np.testing.assert_allclose(tangent, conv.apply(variables, x), rtol=1e-6)
-  with pytest.raises(ValueError, match='layer_impl must be one of'):
-    layers.Conv2d(4, 1, impl='oneDNN')
+  with pytest.raises(ValueError, match='layer_rules must be one of'):
+    with layers.layer_rules('oneDNN'):
+      pass
+
+
+@CPU_ONLY
+def test_batch_norm_factory_gives_flax_batch_norm_when_the_rules_are_off():
+  assert layers.use_cpu_rules()
+  assert type(layers.batch_norm(True)('bn')) is layers.BatchNorm
+  with layers.layer_rules('off'):
+    assert type(layers.batch_norm(True)('bn')) is nn.BatchNorm
 
 
 @pytest.mark.parametrize(

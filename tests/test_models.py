@@ -130,12 +130,11 @@ def test_every_parameter_gets_a_gradient(tiny_batch):
     assert float(jnp.abs(g).max()) > 0, path
 
 
-def test_layer_impl_changes_speed_not_the_function(tiny_batch):
-  # 'auto' uses CPU-only gradient rules (PERFORMANCE.md); 'xla' plain ops,
-  # which forward-mode autodiff needs.
-  auto = _tiny(zero_init_last_bn=False)
-  xla = _tiny(zero_init_last_bn=False, layer_impl='xla')
-  variables = auto.init(jax.random.key(1), tiny_batch, train=False)
+def test_layer_rules_change_speed_not_the_function(tiny_batch):
+  # 'auto' uses CPU-only gradient rules (PERFORMANCE.md); 'off' plain Flax
+  # layers, which forward-mode autodiff needs. The model is the same one.
+  model = _tiny(zero_init_last_bn=False)
+  variables = model.init(jax.random.key(1), tiny_batch, train=False)
 
   def loss(model, params):
     logits, _ = model.apply(
@@ -146,20 +145,29 @@ def test_layer_impl_changes_speed_not_the_function(tiny_batch):
     )
     return jnp.mean(logits**2)
 
-  grad = lambda model: jax.jit(jax.grad(functools.partial(loss, model)))
-  g_auto = grad(auto)(variables['params'])
-  g_xla = grad(xla)(variables['params'])
+  grad = lambda: jax.jit(jax.grad(functools.partial(loss, model)))
+  g_auto = grad()(variables['params'])
+  with layers.layer_rules('off'):
+    g_off = grad()(variables['params'])  # Traced here, so under 'off'.
   for a, b in zip(
-      jax.tree_util.tree_leaves(g_auto), jax.tree_util.tree_leaves(g_xla)
+      jax.tree_util.tree_leaves(g_auto), jax.tree_util.tree_leaves(g_off)
   ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  if jax.default_backend() == 'cpu':  # The rules are on: different HLO.
+    hlo = lambda: grad().lower(variables['params']).as_text()
+    on = hlo()
+    with layers.layer_rules('off'):
+      assert hlo() != on
   tangent = jax.tree_util.tree_map(jnp.ones_like, variables['params'])
-  _, jvp = jax.jit(
-      lambda p, t: jax.jvp(functools.partial(loss, xla), (p,), (t,))
-  )(variables['params'], tangent)
+  with layers.layer_rules('off'):
+    _, jvp = jax.jit(
+        lambda p, t: jax.jvp(functools.partial(loss, model), (p,), (t,))
+    )(variables['params'], tangent)
   assert np.isfinite(float(jvp))
-  with pytest.raises(ValueError, match='layer_impl must be one of'):
-    se_flax.create_model('seresnet_tiny', layer_impl='cudnn')
+  assert layers.current_layer_rules() == 'auto'  # Restored after the block.
+  with pytest.raises(ValueError, match='layer_rules must be one of'):
+    with layers.layer_rules('cudnn'):
+      pass
 
 
 def test_bf16_compute_keeps_fp32_params_and_logits(tiny_batch):

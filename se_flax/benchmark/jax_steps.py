@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from se_flax import layers
 from se_flax.benchmark import hlo
 from se_flax.benchmark.timing import Variant
 from se_flax.data.normalize import normalize_images
@@ -67,11 +68,25 @@ def _synthetic_batches(
 
 
 def _compiled_variant(
-    label, kind, batch, fn, args, run, flops, keep_hlo, path, cell, devices=1
+    label,
+    kind,
+    batch,
+    fn,
+    args,
+    run,
+    flops,
+    keep_hlo,
+    path,
+    cell,
+    devices=1,
+    layer_rules='auto',
 ) -> Variant:
-  """Compiles `fn` for `args` into `cell['fn']`, which `run` calls."""
+  """Compiles `fn` for `args` into `cell['fn']`, which `run` calls; the
+  layers are traced under `layer_rules` (as the trainer's config sets)."""
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  with layers.layer_rules(layer_rules):
+    lowered = fn.lower(*args)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   text = compiled.as_text()
   xla_flops = hlo.xla_flops(compiled)
@@ -141,7 +156,7 @@ def loop_step_variants(
   times what training runs, on every device. `config`: a config to take
   the model, batch, dtype and optimizer from (else `training_config` of
   the arguments; `model_overrides`: `config.model` fields, e.g.
-  `{'layer_impl': 'xla'}`). `steps_per_epoch` shapes the schedule
+  `{'se_position': '3x3'}`). `steps_per_epoch` shapes the schedule
   (default: ImageNet's 1,281,167 images).
   """
   from se_flax.train import config as config_lib
@@ -202,6 +217,7 @@ def loop_step_variants(
             LOOP,
             cell,
             devices,
+            config.layer_rules,
         )
     )
   else:
@@ -237,6 +253,7 @@ def loop_step_variants(
             LOOP,
             cell,
             devices,
+            config.layer_rules,
         )
     )
   return variants

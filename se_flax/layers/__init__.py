@@ -4,8 +4,8 @@
 layers exist because Flax's defaults differ from the reference networks:
 symmetric-padding convolution (conv.py), Caffe/PyTorch pooling
 (pooling.py), BatchNorm with PyTorch's defaults (norm.py). rules.py holds
-the one choice between plain XLA ops and the CPU derivative rules of
-`se_flax.cpu_grads`.
+the one switch between plain Flax/XLA layers and the CPU derivative rules
+of `se_flax.cpu_grads` (`layer_rules`).
 """
 
 from se_flax.layers.common import (
@@ -25,7 +25,13 @@ from se_flax.layers.pooling import (
     max_pool_ceil,
     max_pool_padded,
 )
-from se_flax.layers.rules import LAYER_IMPLS, check_layer_impl
+from se_flax.layers.rules import (
+    LAYER_RULES,
+    check_layer_rules,
+    current_layer_rules,
+    layer_rules,
+    use_cpu_rules,
+)
 from se_flax.layers.squeeze_excite import SqueezeExcite
 
 __all__ = [
@@ -34,19 +40,22 @@ __all__ = [
     'BatchNorm',
     'Conv2d',
     'Dtype',
-    'LAYER_IMPLS',
+    'LAYER_RULES',
     'ModuleDef',
     'Padding',
     'SqueezeExcite',
     'adaptive_avg_pool',
     'avg_pool',
     'batch_norm',
-    'check_layer_impl',
+    'check_layer_rules',
     'check_nhwc',
+    'current_layer_rules',
     'factories',
     'global_avg_pool',
     'he_normal',
+    'layer_rules',
     'make_divisible',
     'max_pool_ceil',
     'max_pool_padded',
+    'use_cpu_rules',
 ]

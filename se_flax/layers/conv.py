@@ -39,7 +39,8 @@ class Conv2d(nn.Module):
   Kernel layout HWIO `(kh, kw, C_in / groups, features)`, input/output NHWC.
   Ungrouped 1x1 convolutions run as a matrix product: the same function,
   but XLA's CPU backend runs it several times faster than `conv_general`;
-  on CPU (`impl='auto'`) with the gradient rule of `cpu_grads.matmul`.
+  on CPU, unless `layers.layer_rules('off')`, with the gradient rule of
+  `cpu_grads.matmul`.
 
   Attributes:
     features: output channels.
@@ -52,7 +53,6 @@ class Conv2d(nn.Module):
       side; `(ph, pw)`: per axis, symmetric; `((top, bottom), (left,
       right))`: explicit.
     use_bias: add a bias (Caffe's default, VGG, IRv2's residual 1x1).
-    impl: 'auto' or 'xla' (`LAYER_IMPLS`).
   """
 
   features: int
@@ -64,11 +64,6 @@ class Conv2d(nn.Module):
   kernel_init: Callable = he_normal
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
-  impl: str = 'auto'
-
-  def __post_init__(self):
-    rules.check_layer_impl(self.impl)
-    super().__post_init__()
 
   @property
   def kernel_shape(self) -> Tuple[int, int]:
@@ -115,9 +110,7 @@ class Conv2d(nn.Module):
       if self.strides > 1:
         x = x[:, :: self.strides, :: self.strides, :]
       matmul = (
-          cpu_grads.matmul
-          if rules.use_cpu_rules(self.impl)
-          else cpu_grads.plain_matmul
+          cpu_grads.matmul if rules.use_cpu_rules() else cpu_grads.plain_matmul
       )
       y = matmul(x, kernel[0, 0])
     else:

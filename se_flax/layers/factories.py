@@ -16,25 +16,20 @@ def factories(
     param_dtype: Dtype,
     bn_momentum: float = BN_MOMENTUM,
     bn_epsilon: float = BN_EPSILON,
-    layer_impl: str = 'auto',
 ):
   """The `(conv, norm, se)` factories a model builds once and passes down.
 
-  Each carries the compute dtype and parameter dtype; `conv` and `norm`
-  also `layer_impl` (their `impl`); `norm` the BN mode
+  Each carries the compute dtype and parameter dtype; `norm` the BN mode
   (`use_running_average=not train`), momentum and epsilon; `se` is None for
   the plain network.
   """
-  conv = functools.partial(
-      Conv2d, dtype=dtype, param_dtype=param_dtype, impl=layer_impl
-  )
+  conv = functools.partial(Conv2d, dtype=dtype, param_dtype=param_dtype)
   norm = batch_norm(
       train,
       momentum=bn_momentum,
       epsilon=bn_epsilon,
       dtype=dtype,
       param_dtype=param_dtype,
-      impl=layer_impl,
   )
   if se is not None:
     se = functools.partial(se, dtype=dtype, param_dtype=param_dtype)

@@ -4,6 +4,7 @@ PyTorch's BatchNorm momentum 0.1 is Flax's momentum 0.9: Flax's momentum
 is the weight of the old running value.
 """
 
+import functools
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -22,8 +23,9 @@ BN_EPSILON = 1e-5
 class BatchNorm(nn.Module):
   """Flax's `nn.BatchNorm` over N, H, W of NHWC input: the same variables
   (`scale`, `bias`; `batch_stats` `mean`, `var`), the same forward, bit for
-  bit; in training on CPU (`impl='auto'`) with the closed-form gradient of
-  `cpu_grads.batch_norm_train`.
+  bit; in training with the closed-form gradient of
+  `cpu_grads.batch_norm_train`. Models get it from `batch_norm`, and only
+  while `layers.use_cpu_rules()`; otherwise `nn.BatchNorm` itself.
 
   Under `jax.jit` over a sharded batch the statistics are those of the
   global batch, so no `axis_name` is needed.
@@ -35,7 +37,6 @@ class BatchNorm(nn.Module):
     dtype: output dtype (statistics and normalisation are float32).
     param_dtype: dtype of `scale` and `bias`.
     scale_init: `scale`'s initialiser (zeros for zero-init residuals).
-    impl: as `Conv2d.impl`.
   """
 
   use_running_average: bool
@@ -44,11 +45,6 @@ class BatchNorm(nn.Module):
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
   scale_init: Callable = nn.initializers.ones
-  impl: str = 'auto'
-
-  def __post_init__(self):
-    rules.check_layer_impl(self.impl)
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -68,7 +64,7 @@ class BatchNorm(nn.Module):
           x, ra_mean.value, ra_var.value, scale, bias, self.epsilon
       )
     else:
-      cpu = rules.use_cpu_rules(self.impl)
+      cpu = rules.use_cpu_rules()
       # With the CPU rule the gradient comes from batch_norm_train, which
       # computes the same statistics (XLA computes them once).
       mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
@@ -91,17 +87,21 @@ def batch_norm(
     epsilon: float = BN_EPSILON,
     dtype: Optional[Dtype] = None,
     param_dtype: Dtype = jnp.float32,
-    impl: str = 'auto',
 ) -> ModuleDef:
-  """A `BatchNorm` factory with the reference networks' settings:
-  `norm(name, scale_init=ones)`."""
-  return lambda name, scale_init=nn.initializers.ones: BatchNorm(
+  """A BatchNorm factory with the reference networks' settings:
+  `norm(name, scale_init=ones)`; `BatchNorm` under the CPU rules, else
+  `nn.BatchNorm` (the same variables and forward)."""
+  module = (
+      BatchNorm
+      if rules.use_cpu_rules()
+      else functools.partial(nn.BatchNorm, axis=-1)
+  )
+  return lambda name, scale_init=nn.initializers.ones: module(
       use_running_average=not train,
       momentum=momentum,
       epsilon=epsilon,
       dtype=dtype,
       param_dtype=param_dtype,
       scale_init=scale_init,
-      impl=impl,
       name=name,
   )

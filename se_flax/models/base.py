@@ -27,8 +27,6 @@ class Network(nn.Module, kw_only=True):
     dtype: compute dtype (e.g. bfloat16); params stay `param_dtype` and the
       logits are float32.
     param_dtype: parameter dtype.
-    layer_impl: the `impl` of every convolution and BatchNorm: 'auto' (CPU
-      gradient rules on the CPU backend) or 'xla' (`layers.LAYER_IMPLS`).
   """
 
   num_classes: int = 1000
@@ -38,14 +36,9 @@ class Network(nn.Module, kw_only=True):
   bn_epsilon: float = layers.BN_EPSILON
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  layer_impl: str = 'auto'
-
-  def __post_init__(self):
-    layers.check_layer_impl(self.layer_impl)
-    super().__post_init__()
 
   def layer_factories(self, train: bool):
-    """`(conv, norm, se)` with this network's dtypes, BN settings, impl."""
+    """`(conv, norm, se)` with this network's dtypes and BN settings."""
     return layers.factories(
         train,
         se=self.se,
@@ -53,7 +46,6 @@ class Network(nn.Module, kw_only=True):
         param_dtype=self.param_dtype,
         bn_momentum=self.bn_momentum,
         bn_epsilon=self.bn_epsilon,
-        layer_impl=self.layer_impl,
     )
 
   def classify(

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from se_flax import layers
 from se_flax.data.config import default_data_config
 from se_flax.models import registry
 
@@ -35,7 +36,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.se_stages = placeholder(tuple)  # e.g. (4,): SE in stage 4 only.
   c.model.drop_rate = placeholder(float)
   c.model.zero_init_last_bn = placeholder(bool)
-  c.model.layer_impl = placeholder(str)  # 'auto' | 'xla' (layers.LAYER_IMPLS)
   c.model.bn_momentum = 0.9  # Flax convention: PyTorch's 0.1.
   # 0: BN statistics over the global batch; k > 1: over k equal groups
   # (k = device count reproduces pmap-era per-device BN).
@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Persistent XLA compilation cache (local path or gs://): a requeued or
   # resumed run reuses the compiled steps instead of compiling again.
   c.compilation_cache_dir = placeholder(str)
+  # 'auto': the CPU derivative rules on the CPU backend (fast, the same
+  # function); 'off': plain Flax layers (se_flax.layers.rules).
+  c.layer_rules = 'auto'
   return c
 
 
@@ -132,7 +135,6 @@ _MODEL_FIELDS = (
     'se_stages',
     'drop_rate',
     'zero_init_last_bn',
-    'layer_impl',
 )
 
 
@@ -166,6 +168,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ValueError(f'config.{field}: {message}')
 
+  if config.get('layer_rules') not in layers.LAYER_RULES:
+    check(
+        False,
+        'layer_rules',
+        f'must be one of {layers.LAYER_RULES}, got '
+        f'{config.get("layer_rules")!r}',
+    )
   devices = jax.device_count()
   eval_batch = config.eval_batch_size or config.batch_size
   check(

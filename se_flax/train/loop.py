@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from se_flax import runtime
+from se_flax import layers, runtime
 from se_flax.train import checkpoint, multihost, nonfinite, object_store_lock
 from se_flax.train import optim, paths
 from se_flax.train import preemption as preemption_lib
@@ -279,7 +279,11 @@ def train_and_evaluate(
   try:
     # From setup to the last save on disk: a signal during setup stops the
     # run before it compiles; one during the final save cannot cut it.
-    with preemption_lib.PreemptionWatcher() as preemption:
+    # The layers read their rules when the steps are traced, inside.
+    with (
+        preemption_lib.PreemptionWatcher() as preemption,
+        layers.layer_rules(config.layer_rules),
+    ):
       return _train(config, workdir, preemption)
   finally:
     if lock is not None:

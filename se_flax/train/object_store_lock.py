@@ -16,12 +16,7 @@ than `stale_after_seconds` (the hosts' clocks must agree to well within
 that).
 """
 
-import atexit
 import json
-import os
-import random
-import secrets
-import threading
 import time
 from typing import Optional
 
@@ -29,8 +24,6 @@ from absl import logging
 import tensorstore as ts
 
 from se_flax.train import workdir_lock
-
-_MAX_ATTEMPTS = 20
 
 
 def _parse(data: bytes) -> Optional[dict]:
@@ -79,57 +72,22 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
     self._generation = None  # Of the object we last wrote.
     self._held_record = None
 
-  def acquire(self) -> None:
-    if self._token is not None:
-      raise RuntimeError(f'{self.path} is already held by this lock.')
-    token = secrets.token_hex(16)
-    for _ in range(_MAX_ATTEMPTS):
-      current = self._store.read(workdir_lock.LOCK_NAME).result()
-      if current.state == 'value':
-        self._refuse_if_alive(current.value)
-      record = self._record(token)
-      generation = self._write(record, current.stamp.generation)
-      if generation:
-        break
-      # Another trainer wrote between our read and write; look again.
-      time.sleep(random.uniform(0.01, 0.05))
-    else:
-      raise RuntimeError(
-          f'Could not acquire {self.path} after '
-          f'{_MAX_ATTEMPTS} attempts: too much contention.'
-      )
-    self._token, self._generation, self._held_record = (
-        token,
-        generation,
-        record,
-    )
-    self._owner_pid = os.getpid()
-    self._stop.clear()
-    self._thread = threading.Thread(
-        target=self._heartbeat,
-        name=f'ObjectStoreLock({self.workdir})',
-        daemon=True,
-    )
-    self._thread.start()
-    atexit.register(self.release)
+  def _try_acquire(self, token: str) -> bool:
+    current = self._store.read(workdir_lock.LOCK_NAME).result()
+    if current.state == 'value':
+      self._refuse_if_alive(current.value)
+    record = self._record(token)
+    generation = self._write(record, current.stamp.generation)
+    if not generation:
+      return False  # Another trainer wrote between our read and write.
+    self._generation, self._held_record = generation, record
+    return True
 
-  def release(self) -> None:
-    if self._token is None or os.getpid() != self._owner_pid:
-      return
-    self._stop.set()
-    thread = self._thread
-    if thread is not None and thread is not threading.current_thread():
-      thread.join()
-    with self._mutex:
-      deleted = self._store.write(
-          workdir_lock.LOCK_NAME, None, if_equal=self._generation
-      ).result()
-      if not deleted.generation:
-        logging.warning(
-            '%s is no longer the lock we wrote; left it in ' 'place.', self.path
-        )
-      self._token = self._generation = self._thread = None
-    atexit.unregister(self.release)
+  def _remove_if_ours(self) -> bool:
+    deleted = self._store.write(
+        workdir_lock.LOCK_NAME, None, if_equal=self._generation
+    ).result()
+    return bool(deleted.generation)
 
   def _record(self, token: str) -> dict:
     return dict(super()._record(token), heartbeat=time.time())

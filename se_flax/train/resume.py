@@ -27,7 +27,8 @@ from absl import logging
 
 from se_flax.train import checkpoint, multihost
 
-# Fields of config.model that change speed only, never what is computed.
+# Fields of config.model that change speed only, never what is computed
+# (in config.json of runs from before `layer_rules` left the model config).
 _MODEL_IMPLEMENTATION_FIELDS = ('layer_impl',)
 _DATA_FIELDS = (
     'source',

@@ -218,13 +218,12 @@ class WorkdirLock:
   def acquire(self) -> None:
     """Takes the lock, taking over a dead holder's; see the module doc."""
     if self._token is not None:
-      raise RuntimeError(f'{self.path} is already held by this WorkdirLock.')
-    os.makedirs(self.workdir, exist_ok=True)
+      raise RuntimeError(f'{self.path} is already held by this lock.')
     token = secrets.token_hex(16)
     for _ in range(_MAX_ATTEMPTS):
-      if self._try_create(token) or self._take_over_if_stale(token):
+      if self._try_acquire(token):
         break
-      # A contender moved the file under us; let the winner finish.
+      # A contender changed the lock under us; let the winner finish.
       time.sleep(random.uniform(0.01, 0.05))
     else:
       raise RuntimeError(
@@ -235,7 +234,9 @@ class WorkdirLock:
     self._owner_pid = os.getpid()
     self._stop.clear()
     self._thread = threading.Thread(
-        target=self._heartbeat, name=f'WorkdirLock({self.workdir})', daemon=True
+        target=self._heartbeat,
+        name=f'{type(self).__name__}({self.workdir})',
+        daemon=True,
     )
     self._thread.start()
     atexit.register(self.release)
@@ -251,18 +252,27 @@ class WorkdirLock:
     if thread is not None and thread is not threading.current_thread():
       thread.join()
     with self._mutex:
-      if self._holds_token():
-        try:
-          os.unlink(self.path)
-        except FileNotFoundError:
-          pass
-      else:
+      if not self._remove_if_ours():
         logging.warning(
             '%s no longer holds our token; left it in place.', self.path
         )
       self._token = None
       self._thread = None
     atexit.unregister(self.release)
+
+  def _try_acquire(self, token: str) -> bool:
+    """One attempt: True if ours, False to retry; raises WorkdirInUseError."""
+    os.makedirs(self.workdir, exist_ok=True)
+    return self._try_create(token) or self._take_over_if_stale(token)
+
+  def _remove_if_ours(self) -> bool:
+    if not self._holds_token():
+      return False
+    try:
+      os.unlink(self.path)
+    except FileNotFoundError:
+      pass
+    return True
 
   def _record(self, token: str) -> dict:
     return {

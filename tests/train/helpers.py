@@ -99,3 +99,17 @@ def data_files(step_dir):
     if os.path.basename(root) == 'd':
       files += [os.path.join(root, n) for n in names]
   return sorted(files, key=os.path.getsize)
+
+
+def foreign_lock_record(heartbeat: float, host: str = 'other-host') -> bytes:
+  """An object-store lock record of a trainer on another host."""
+  return json.dumps(
+      {
+          'host': host,
+          'pid': 4242,
+          'process_start': None,
+          'start_time': '2026-01-01T00:00:00+00:00',
+          'token': 'f' * 32,
+          'heartbeat': heartbeat,
+      }
+  ).encode()

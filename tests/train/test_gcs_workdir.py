@@ -169,19 +169,6 @@ def _train(env, workdir, *overrides, timeout=300):
   )
 
 
-def _lock_record(host, heartbeat):
-  return json.dumps(
-      {
-          'host': host,
-          'pid': 4242,
-          'process_start': None,
-          'start_time': '2026-01-01T00:00:00+00:00',
-          'token': 'f' * 32,
-          'heartbeat': heartbeat,
-      }
-  )
-
-
 def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
   env, bucket = gcs
   workdir = f'gs://{_BUCKET}/runs/tiny'
@@ -234,14 +221,14 @@ def test_a_live_foreign_lock_refuses_and_a_stale_one_is_taken(gcs):
   env, bucket = gcs
   workdir = f'gs://{_BUCKET}/runs/locked'
   lock = 'runs/locked/lock.json'
-  bucket.write(lock, _lock_record('other-host', time.time()).encode())
+  bucket.write(lock, helpers.foreign_lock_record(time.time()))
   refused = _train(env, workdir, 'num_train_steps=1')
   assert refused.returncode != 0
   assert 'in use by another trainer' in helpers.last_line(refused.stderr)
   assert 'other-host' in refused.stderr
   assert 'lock.json' in bucket.names('runs/locked')  # Left to its holder.
 
-  bucket.write(lock, _lock_record('other-host', time.time() - 3600).encode())
+  bucket.write(lock, helpers.foreign_lock_record(time.time() - 3600))
   taken = _train(env, workdir, 'num_train_steps=1')
   assert taken.returncode == 0, taken.stderr[-3000:]
   assert 'Taking over the stale lock' in taken.stderr

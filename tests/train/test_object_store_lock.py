@@ -12,6 +12,8 @@ import tensorstore as ts
 from se_flax.train import object_store_lock, workdir_lock
 from se_flax.train.object_store_lock import ObjectStoreLock
 
+from tests.train import helpers
+
 
 def _url(tmp_path):
   return f'file://{tmp_path}/run'
@@ -20,19 +22,6 @@ def _url(tmp_path):
 def _stored(tmp_path):
   store = ts.KvStore.open(_url(tmp_path) + '/').result()
   return store, store.read(workdir_lock.LOCK_NAME).result()
-
-
-def _foreign(heartbeat, host='other-host'):
-  return json.dumps(
-      {
-          'host': host,
-          'pid': 4242,
-          'process_start': None,
-          'start_time': '2026-01-01T00:00:00+00:00',
-          'token': 'f' * 32,
-          'heartbeat': heartbeat,
-      }
-  ).encode()
 
 
 def test_second_lock_refused_then_free_after_release(tmp_path):
@@ -49,13 +38,15 @@ def test_second_lock_refused_then_free_after_release(tmp_path):
 
 def test_live_foreign_holder_refused_stale_one_taken_over(tmp_path):
   store, _ = _stored(tmp_path)
-  live = _foreign(time.time() - 5)
+  live = helpers.foreign_lock_record(time.time() - 5)
   store.write(workdir_lock.LOCK_NAME, live).result()
   with pytest.raises(workdir_lock.WorkdirInUseError) as refused:
     ObjectStoreLock(_url(tmp_path)).acquire()
   assert 'other-host' in str(refused.value)
   assert _stored(tmp_path)[1].value == live  # Left to its holder.
-  store.write(workdir_lock.LOCK_NAME, _foreign(time.time() - 301)).result()
+  store.write(
+      workdir_lock.LOCK_NAME, helpers.foreign_lock_record(time.time() - 301)
+  ).result()
   with ObjectStoreLock(_url(tmp_path)) as lock:
     record = json.loads(_stored(tmp_path)[1].value)
     assert record['token'] == lock._token and record['host'] == lock.host
@@ -64,7 +55,9 @@ def test_live_foreign_holder_refused_stale_one_taken_over(tmp_path):
 def test_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
   store, _ = _stored(tmp_path)
   record = json.loads(
-      _foreign(time.time(), host=ObjectStoreLock(_url(tmp_path)).host)
+      helpers.foreign_lock_record(
+          time.time(), host=ObjectStoreLock(_url(tmp_path)).host
+      )
   )
   record['process_start'] = 'no-such-boot:1'  # Its pid was reused or died.
   store.write(workdir_lock.LOCK_NAME, json.dumps(record).encode()).result()
@@ -85,7 +78,9 @@ def test_heartbeat_refreshes_and_notices_a_takeover(tmp_path):
       k: v for k, v in first.items() if k != 'heartbeat'
   }
   store, _ = _stored(tmp_path)
-  store.write(workdir_lock.LOCK_NAME, _foreign(time.time())).result()
+  store.write(
+      workdir_lock.LOCK_NAME, helpers.foreign_lock_record(time.time())
+  ).result()
   time.sleep(0.3)
   assert not lock.held
   assert not lock._thread.is_alive()  # The heartbeat stopped.
