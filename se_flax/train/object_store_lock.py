@@ -134,24 +134,9 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
     record = _parse(current.value) if current.state == 'value' else None
     return record is not None and record['token'] == self._token
 
-  def _heartbeat(self) -> None:
-    while not self._stop.wait(self.heartbeat_seconds):
-      with self._mutex:
-        if self._stop.is_set():
-          return
-        record = dict(self._held_record, heartbeat=time.time())
-        try:
-          generation = self._write(record, self._generation)
-        except Exception as e:  # pylint: disable=broad-except
-          logging.warning('Heartbeat of %s failed: %s', self.path, e)
-          continue  # A transient store error; try again next beat.
-        if generation:
-          self._generation = generation
-          continue
-      logging.error(
-          'Lost the workdir lock %s: it was removed or taken '
-          'over. Another trainer may be writing to %s.',
-          self.path,
-          self.workdir,
-      )
-      return
+  def _beat(self) -> bool:
+    record = dict(self._held_record, heartbeat=time.time())
+    generation = self._write(record, self._generation)
+    if generation:
+      self._generation = generation
+    return bool(generation)

@@ -22,7 +22,9 @@ decides; this class is per-process and knows nothing of JAX).
 
 Assumes a POSIX filesystem for the workdir: creating with O_EXCL and
 `rename` must be atomic (local disks are; NFSv3+ and most cluster
-filesystems are too, but not every FUSE or object-store mount).
+filesystems are too, but not every FUSE or object-store mount). URLs
+(gs://, s3://) get `object_store_lock.ObjectStoreLock`, the same protocol
+on conditional object writes.
 """
 
 import atexit
@@ -395,12 +397,10 @@ class WorkdirLock:
         if self._stop.is_set():
           return
         try:
-          ours = self._holds_token()
-          if ours:
-            os.utime(self.path)
-        except OSError as e:
+          ours = self._beat()
+        except (OSError, ValueError) as e:  # TensorStore raises ValueError.
           logging.warning('Heartbeat of %s failed: %s', self.path, e)
-          continue  # A transient filesystem error; try again next beat.
+          continue  # A transient storage error; try again next beat.
       if not ours:
         logging.error(
             'Lost the workdir lock %s: it was removed or taken '
@@ -409,3 +409,10 @@ class WorkdirLock:
             self.workdir,
         )
         return
+
+  def _beat(self) -> bool:
+    """Refreshes the heartbeat; False if the lock is no longer ours."""
+    if not self._holds_token():
+      return False
+    os.utime(self.path)
+    return True
