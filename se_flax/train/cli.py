@@ -52,10 +52,20 @@ _CHATTY_SOURCES = {
 }
 
 
+# Warnings that are expected, not problems: Orbax reads each item's
+# optional metadata file on restore and warns where it never wrote one.
+_EXPECTED_WARNINGS = (('/orbax/', 'Metadata file does not exist'),)
+
+
 class _QuietLibraries(std_logging.Filter):
 
   def filter(self, record):
     # std logging levels: absl's constants (WARNING == -1) are another scale.
+    if record.levelno < std_logging.ERROR and any(
+        source in record.pathname and str(record.msg).startswith(message)
+        for source, message in _EXPECTED_WARNINGS
+    ):
+      return False
     for source, shown_from in _CHATTY_SOURCES.items():
       if source in record.pathname:
         return record.levelno >= shown_from

@@ -6,8 +6,8 @@ import logging
 from se_flax.train import cli
 
 
-def _record(path, level):
-  return logging.LogRecord('absl', level, path, 1, 'message', None, None)
+def _record(path, level, message='message'):
+  return logging.LogRecord('absl', level, path, 1, message, None, None)
 
 
 def test_library_chatter_is_dropped_and_problems_are_kept():
@@ -15,6 +15,13 @@ def test_library_chatter_is_dropped_and_problems_are_kept():
   site = '/venv/lib/python3.11/site-packages'
   assert not keep(_record(f'{site}/orbax/checkpoint/manager.py', logging.INFO))
   assert keep(_record(f'{site}/orbax/checkpoint/manager.py', logging.WARNING))
+  assert not keep(
+      _record(
+          f'{site}/orbax/checkpoint/_src/path/format_utils.py',
+          logging.WARNING,
+          'Metadata file does not exist: /run/checkpoints/2/state/x',
+      )
+  )
   assert not keep(_record(f'{site}/jax/_src/xla_bridge.py', logging.INFO))
   assert not keep(
       _record(f'{site}/tensorflow_datasets/core/file_utils.py', logging.WARNING)
