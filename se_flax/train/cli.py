@@ -73,7 +73,8 @@ class _QuietLibraries(std_logging.Filter):
 
 
 def quiet_library_logs(verbosity: int) -> None:
-  """Below `verbosity` 1, libraries log only errors (see the module doc)."""
+  """Below `verbosity` 1, drops the chatter of `_CHATTY_SOURCES` and the
+  `_EXPECTED_WARNINGS`; everything else, se_flax's own INFO included, stays."""
   if verbosity < 1:
     logging.get_absl_handler().addFilter(_QuietLibraries())
 
