@@ -108,16 +108,7 @@ class ObjectStoreLock(workdir_lock.WorkdirLock):
       logging.warning('Taking over %s: it is not a lock record.', self.path)
       return
     age = time.time() - record['heartbeat']
-    if record['host'] == self.host:
-      start = record.get('process_start')
-      alive = (
-          workdir_lock.process_start(record['pid']) == start
-          if start is not None
-          else age < self.stale_after_seconds
-      )
-    else:
-      alive = age < self.stale_after_seconds
-    if alive:
+    if self._alive(record, age):  # WorkdirLock's rule: pid, else heartbeat.
       raise workdir_lock.WorkdirInUseError(self.path, record, age)
     logging.warning(
         'Taking over the stale lock %s of host %s, pid %s, started %s '

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -113,3 +114,10 @@ def foreign_lock_record(heartbeat: float, host: str = 'other-host') -> bytes:
           'heartbeat': heartbeat,
       }
   ).encode()
+
+
+def free_port() -> int:
+  """A localhost TCP port nobody listens on now."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]

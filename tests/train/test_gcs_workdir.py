@@ -16,7 +16,6 @@ exclusivity under a race is tested on TensorStore's file driver instead
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -36,12 +35,6 @@ _NO_TENSORFLOW = textwrap.dedent("""\
     import sys
     sys.modules['tensorflow'] = None  # import tensorflow -> ImportError
 """)
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 class _Bucket:
@@ -90,7 +83,7 @@ class _Bucket:
 def gcs(tmp_path):
   # Started here rather than through the wrapper's class, which pipes the
   # server's log without reading it (the server blocks once it fills).
-  url = f'http://127.0.0.1:{_free_port()}'
+  url = f'http://127.0.0.1:{helpers.free_port()}'
   root = tmp_path / 'gcs'
   root.mkdir()
   with open(tmp_path / 'gcs.log', 'wb') as log:

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -23,19 +22,13 @@ from tests.train import helpers
 from tests.train.tiny_config import tiny_config
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _start(workdirs, *overrides, slurm=False):
   """One train.py per workdir (process i gets workdirs[i]).
 
   `slurm`: no coordinator flags; SLURM's variables instead, as `srun`
   sets them for 2 tasks on one node, so JAX's own SLURM detection runs.
   """
-  port = _free_port()
+  port = helpers.free_port()
   env = dict(
       helpers.train_env(), XLA_FLAGS='--xla_force_host_platform_device_count=2'
   )
