@@ -112,8 +112,12 @@ def create_writer(workdir: str, is_main_process: bool) -> Writers:
   try:
     from clu import metric_writers
 
+    # Asynchronous, as CLU's default writer: event-file writes (to gs://
+    # too) stay off the training loop's thread.
     writers.append(
-        metric_writers.SummaryWriter(str(paths.workdir_path(workdir)))
+        metric_writers.AsyncWriter(
+            metric_writers.SummaryWriter(str(paths.workdir_path(workdir)))
+        )
     )
   except ImportError:
     logging.info(
