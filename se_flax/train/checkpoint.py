@@ -2,6 +2,7 @@
 
 Layout of a workdir:
   config.json             the resolved config of the run
+  label_names.json        the class names of its data, if the source has them
   checkpoints/<step>/     latest `keep` train states (async saves)
   best/<step>/            the state with the best eval top-1 (one)
   corrupt/                checkpoints found unusable on a restart, moved
@@ -17,6 +18,7 @@ half-written checkpoint under a step number.
 """
 
 import io
+import json
 import time
 import zipfile
 from typing import Any, Optional
@@ -46,6 +48,12 @@ class IncompatibleCheckpointError(CheckpointError):
 class NonFiniteStateError(CheckpointError, FloatingPointError):
   """A state with NaN or infinite values was offered for saving."""
 
+
+# An export's entry holding the run's config and class names, not weights.
+EXPORT_META_KEY = '__se_flax_meta__'
+# Class names of the run's data, index = class id (a JSON list), in the
+# workdir and in exports.
+LABEL_NAMES = 'label_names.json'
 
 # Metadata format; its presence also marks a checkpoint that must carry a
 # checksum manifest (older ones, saved before manifests, have neither).
@@ -456,7 +464,10 @@ def export_variables(
 
   Keys are '/'-joined paths ('params/stage1_block0/conv1/kernel'); numpy
   alone reads it, `load_exported` gives back the nested variables. The
-  checkpoint is verified first.
+  run's config.json and class names (label_names.json) go along in
+  `EXPORT_META_KEY` (a JSON string; `read_export_meta`), so
+  `se_flax.load_pretrained(path)` rebuilds the same model. The checkpoint
+  is verified first.
   """
   if not path.endswith('.npz'):
     raise ValueError(f'Export path must end in .npz, got {path!r}')
@@ -465,10 +476,28 @@ def export_variables(
       '/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
       for key_path, v in jax.tree_util.tree_flatten_with_path(variables)[0]
   }
+  flat[EXPORT_META_KEY] = np.array(json.dumps(_run_meta(workdir)))
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   write_atomic(workdir_path(path), buffer.getvalue())
   return path
+
+
+def _run_meta(workdir: str) -> dict[str, Any]:
+  meta = {}
+  for key, name in (('config', 'config.json'), ('label_names', LABEL_NAMES)):
+    file = workdir_path(workdir) / name
+    if file.exists():
+      meta[key] = json.loads(file.read_text())
+  return meta
+
+
+def read_export_meta(path: str) -> dict[str, Any]:
+  """The run config and class names stored in an export ({} if none)."""
+  with epath.Path(path).open('rb') as f, np.load(f) as data:
+    if EXPORT_META_KEY not in data.files:
+      return {}
+    return json.loads(str(data[EXPORT_META_KEY]))
 
 
 def load_exported(path: str) -> dict[str, Any]:
@@ -481,6 +510,8 @@ def load_exported(path: str) -> dict[str, Any]:
   try:
     with epath.Path(path).open('rb') as f, np.load(f) as data:
       for key in data.files:
+        if key == EXPORT_META_KEY:
+          continue
         *parents, leaf = key.split('/')
         node = variables
         for part in parents:

@@ -1,0 +1,174 @@
+"""Top-k predictions of pretrained weights on image files.
+
+    python -m se_flax.predict --pretrained seresnet50.a1_in1k cat.jpg dog.png
+    python -m se_flax.predict --pretrained /path/to/workdir --json img.jpg
+
+Each image gets the weights' own eval preprocessing (`PretrainedConfig`:
+size, crop_pct, interpolation, mean/std; timm's test size by default).
+In a notebook:
+
+    pretrained = se_flax.load_pretrained('seresnet50.a1_in1k')
+    se_flax.predict.predict(pretrained, ['cat.jpg'])  # [[Prediction, ...]]
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from se_flax.pretrained import load as load_lib
+from se_flax.pretrained import preprocess
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """One of an image's top-k classes."""
+
+  class_id: int
+  probability: float
+  label: Optional[str]  # Unique name (ImageNet: synset id), if known.
+  description: Optional[str]  # Human-readable name, if known.
+
+  @property
+  def name(self) -> str:
+    return self.description or self.label or f'class {self.class_id}'
+
+
+def _apply_fn(model):
+  return jax.jit(
+      lambda variables, x: jax.nn.softmax(
+          model.apply(variables, x, train=False), axis=-1
+      )
+  )
+
+
+def probabilities(
+    pretrained: load_lib.Pretrained,
+    images: Sequence,
+    *,
+    use_test_size: bool = True,
+    batch_size: int = 16,
+) -> np.ndarray:
+  """Class probabilities (N, classes) float32 for images or image paths."""
+  if 'fc' not in pretrained.variables['params']:
+    raise ValueError(
+        'These weights have no classifier (loaded with a new num_classes)'
+    )
+  apply = _apply_fn(pretrained.model)
+  out = []
+  for start in range(0, len(images), batch_size):
+    x = preprocess.eval_batch(
+        images[start : start + batch_size], pretrained.config, use_test_size
+    )
+    out.append(np.asarray(apply(pretrained.variables, x)))
+  return np.concatenate(out)
+
+
+def predict(
+    pretrained: load_lib.Pretrained,
+    images: Sequence,
+    *,
+    top_k: int = 5,
+    use_test_size: bool = True,
+) -> list[list[Prediction]]:
+  """The `top_k` classes of each image, most probable first."""
+  probs = probabilities(pretrained, images, use_test_size=use_test_size)
+  cfg = pretrained.config
+  results = []
+  for row in probs:
+    top = np.argsort(-row, kind='stable')[:top_k]
+    results.append(
+        [
+            Prediction(
+                class_id=int(i),
+                probability=float(row[i]),
+                label=cfg.label_names[i] if cfg.label_names else None,
+                description=(
+                    cfg.label_descriptions[i]
+                    if cfg.label_descriptions
+                    else None
+                ),
+            )
+            for i in top
+        ]
+    )
+  return results
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(
+      prog='python -m se_flax.predict',
+      description='Top-k classes of images under pretrained weights.',
+  )
+  parser.add_argument(
+      '--pretrained',
+      required=True,
+      help='a timm tag (seresnet50.a1_in1k), Hub repo, local file, '
+      'or training workdir',
+  )
+  parser.add_argument(
+      '--model-name',
+      default=None,
+      help='architecture (or tag) for files that do not say',
+  )
+  parser.add_argument('--revision', default=None, help='Hub revision')
+  parser.add_argument('--top-k', type=int, default=5)
+  parser.add_argument(
+      '--train-size',
+      action='store_true',
+      help="use the training input size instead of timm's test size",
+  )
+  parser.add_argument('--json', action='store_true', help='JSON lines out')
+  parser.add_argument('images', nargs='+', help='image files (JPEG, PNG, ...)')
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  started = time.perf_counter()
+  try:
+    pretrained = load_lib.load_pretrained(
+        args.pretrained, model_name=args.model_name, revision=args.revision
+    )
+    loaded = time.perf_counter()
+    results = predict(
+        pretrained,
+        args.images,
+        top_k=args.top_k,
+        use_test_size=not args.train_size,
+    )
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  done = time.perf_counter()
+  for path, preds in zip(args.images, results):
+    if args.json:
+      print(
+          json.dumps(
+              {
+                  'image': path,
+                  'pretrained': pretrained.source,
+                  'top_k': [dataclasses.asdict(p) for p in preds],
+              }
+          )
+      )
+    else:
+      print(path)
+      for p in preds:
+        print(f'  {p.probability:7.2%}  {p.name}')
+  if not args.json:
+    print(
+        f'({pretrained.model_name} from {pretrained.source}; loaded in '
+        f'{loaded - started:.1f} s, predicted in {done - loaded:.1f} s)',
+        file=sys.stderr,
+    )
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
