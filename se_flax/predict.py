@@ -13,6 +13,7 @@ In a notebook:
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -39,12 +40,11 @@ class Prediction:
     return self.description or self.label or f'class {self.class_id}'
 
 
-def _apply_fn(model):
-  return jax.jit(
-      lambda variables, x: jax.nn.softmax(
-          model.apply(variables, x, train=False), axis=-1
-      )
-  )
+@functools.partial(jax.jit, static_argnums=0)
+def _softmax_logits(model, variables, images):
+  # Compiled once per model object and input shape, so repeated calls on
+  # one `Pretrained` reuse the program.
+  return jax.nn.softmax(model.apply(variables, images, train=False), axis=-1)
 
 
 def probabilities(
@@ -59,13 +59,19 @@ def probabilities(
     raise ValueError(
         'These weights have no classifier (loaded with a new num_classes)'
     )
-  apply = _apply_fn(pretrained.model)
   out = []
   for start in range(0, len(images), batch_size):
     x = preprocess.eval_batch(
         images[start : start + batch_size], pretrained.config, use_test_size
     )
-    out.append(np.asarray(apply(pretrained.variables, x)))
+    real = len(x)
+    if len(images) > batch_size and real < batch_size:
+      # One batch shape for every call: pad the last batch, drop the padding.
+      x = np.concatenate(
+          [x, np.zeros((batch_size - real, *x.shape[1:]), x.dtype)]
+      )
+    probs = _softmax_logits(pretrained.model, pretrained.variables, x)
+    out.append(np.asarray(probs)[:real])
   return np.concatenate(out)
 
 

@@ -390,3 +390,22 @@ def test_workdir_and_its_export_load_with_the_run_config(tmp_path):
   # Fine-tuning sources: a new head, the run's model otherwise.
   new_head = se_flax.load_pretrained(workdir, num_classes=3)
   assert repr(new_head.model) == repr(model.clone(num_classes=3))
+
+
+def test_predict_batches_and_reuses_its_program(tmp_path):
+  from safetensors.numpy import save_file
+
+  path = str(tmp_path / 'w.safetensors')
+  save_file(timm_state('seresnet_tiny', 5), path)
+  pretrained = se_flax.load_pretrained(path, model_name='seresnet_tiny')
+  images = [photo(tmp_path / f'{i}.png', seed=i) for i in range(5)]
+  one_by_one = np.concatenate(
+      [predict_lib.probabilities(pretrained, [i]) for i in images]
+  )
+  before = predict_lib._softmax_logits._cache_size()
+  batched = predict_lib.probabilities(pretrained, images, batch_size=2)
+  again = predict_lib.probabilities(pretrained, images, batch_size=2)
+  # Batches of 2, 2 and a padded 2: one new program, used three times.
+  assert predict_lib._softmax_logits._cache_size() == before + 1
+  np.testing.assert_allclose(batched, one_by_one, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(again, batched)
