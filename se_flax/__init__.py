@@ -9,7 +9,7 @@ model, variables = se_flax.load_pretrained('seresnet50.a1_in1k')
 
 from se_flax.layers import SqueezeExcite
 from se_flax import pretrained
-from se_flax.models import create_model, list_models, model_stats
+from se_flax.models import create_model, feature_info, list_models, model_stats
 from se_flax.pretrained import list_pretrained, load_pretrained
 from se_flax.runtime import configure as configure_runtime
 

@@ -1,5 +1,6 @@
 """The model zoo: `create_model(name)` for every registered network."""
 
+from se_flax.models.features import feature_info
 from se_flax.models.inception import BNInception, InceptionResNetV2
 from se_flax.models.mobilenet import MobileNetV1
 from se_flax.models.registry import create_model, list_models, model_fields

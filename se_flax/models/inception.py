@@ -45,7 +45,7 @@ no parameter count for either pair.
 """
 
 import functools
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax
@@ -352,20 +352,21 @@ class InceptionResNetV2(base.Network):
       )
     super().__post_init__()
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
-    layers.check_nhwc(x, type(self).__name__)
+  def backbone(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """(N, H, W, 3) -> timm's `features_only` maps, NHWC: conv2d_2b
+    (stride 2), conv2d_4a (4), the Block35s (8), the Block17s (16) and
+    conv2d_7b (32)."""
     conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ConvBN, conv=conv, norm=norm)
     block = functools.partial(InceptionResBlock, conv=conv, norm=norm, se=se)
-    x = x.astype(self.dtype)
     x = unit(32, 3, strides=2, padding=0, name='conv2d_1a')(x)
     x = unit(32, 3, padding=0, name='conv2d_2a')(x)
     x = unit(64, 3, name='conv2d_2b')(x)
+    maps = [x]
     x = layers.max_pool_padded(x, 3, 2, padding=0)
     x = unit(80, 1, name='conv2d_3b')(x)
     x = unit(192, 3, padding=0, name='conv2d_4a')(x)
+    maps.append(x)
     x = layers.max_pool_padded(x, 3, 2, padding=0)
     x = Mixed5b(conv, norm, name='mixed_5b')(x)
     stages = (
@@ -379,16 +380,25 @@ class InceptionResNetV2(base.Network):
       for i in range(repeat):
         x = block(kind, scale, True, name=f'{kind}_{i}')(x)
       if reduction is not None:
+        maps.append(x)
         x = reduction(conv, norm, name=name)(x)
     x = block('block8', 1.0, False, name='block8')(x)
-    x = unit(1536, 1, name='conv2d_7b')(x)
-    x = layers.global_avg_pool(x)
-    return self.classify(x, train=train)
+    maps.append(unit(1536, 1, name='conv2d_7b')(x))
+    return maps
+
+  @nn.nowrap
+  def feature_info(self) -> list[dict[str, Any]]:
+    """timm's `feature_info` (`repeat`, `repeat_1`: its Block35 and
+    Block17 Sequentials)."""
+    return [
+        dict(num_chs=64, reduction=2, module='conv2d_2b'),
+        dict(num_chs=192, reduction=4, module='conv2d_4a'),
+        dict(num_chs=320, reduction=8, module='repeat'),
+        dict(num_chs=1088, reduction=16, module='repeat_1'),
+        dict(num_chs=1536, reduction=32, module='conv2d_7b'),
+    ]
 
 
-# The registry entries. `se` holds SqueezeExcite fields (None: no SE); the
-# hidden width is C // 16 (the prototxt's 20, 36, 38, 66 are not multiples
-# of 8, so timm's divisible rounding would be wrong here).
 _SE = dict(hidden_rule='floor', reduction=16)
 BN_INCEPTION_CONFIGS = {
     'bn_inception': dict(se=None),

@@ -30,12 +30,11 @@ gating multiply is counted (the FCs alone would print 569).
 """
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 
-from se_flax import layers
 from se_flax.layers import ModuleDef
 from se_flax.models import base
 
@@ -78,21 +77,28 @@ class MobileNetV1(base.Network):
   stages: Sequence[Sequence[int]] = MOBILENET_V1
   stem_width: int = 32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
-    layers.check_nhwc(x, type(self).__name__)
+  def backbone(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """(N, H, W, 3) -> each stage's output (strides 2, 4, .., 32), NHWC:
+    timm's `features_only` maps (`blocks.0` .. `blocks.4`)."""
     conv, norm, se = self.layer_factories(train)
     block = functools.partial(DepthwiseSeparable, conv=conv, norm=norm, se=se)
-    x = x.astype(self.dtype)
     x = conv(self.stem_width, 3, 2, name='conv_stem')(x)
     x = nn.relu6(norm('bn1')(x))
+    maps = []
     for i, widths in enumerate(self.stages):
       for j, features in enumerate(widths):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(features, strides, name=f'stage{i}_block{j}')(x)
-    x = layers.global_avg_pool(x)
-    return self.classify(x, train=train)
+      maps.append(x)
+    return maps
+
+  @nn.nowrap
+  def feature_info(self) -> list[dict[str, Any]]:
+    """timm's `feature_info`: one map per stage, `blocks.{i}`."""
+    return [
+        dict(num_chs=widths[-1], reduction=2 ** (i + 1), module=f'blocks.{i}')
+        for i, widths in enumerate(self.stages)
+    ]
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

@@ -9,7 +9,7 @@ SE-ResNeXt and SENet-154 put the stride on the grouped 3x3 conv in both.
 `se=None` gives the plain baseline of the same network.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -116,6 +116,9 @@ class Block(nn.Module):
 class ResNet(base.Network):
   """ResNet-family classifier on NHWC images; returns float32 logits.
 
+  `features`, `pre_logits` and `head` (`base.Network`) run parts of it;
+  `feature_info()` describes the feature maps as timm does.
+
   Attributes (and those of `base.Network`):
     stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for 50 layers.
     bottleneck: bottleneck blocks (50+ layers) or basic blocks (18/34).
@@ -131,6 +134,9 @@ class ResNet(base.Network):
     relu_before_se: legacy SE-ResNet-18/34 basic blocks.
     se_position: where SE sits in a block (paper Table 14/15).
     se_stages: 1-based stages that carry SE (paper Table 13).
+    se_blocks_off: blocks without SE, by the paper's names SE_stage_block
+      (stages conv2_x..conv5_x = 2..5, 1-based blocks), e.g.
+      ('SE_5_2', 'SE_5_3'): the ablation §7.2 suggests.
     zero_init_last_bn: init the last BN scale of each branch to zero.
   """
 
@@ -148,6 +154,7 @@ class ResNet(base.Network):
   relu_before_se: bool = False
   se_position: str = 'standard'
   se_stages: Sequence[int] = (1, 2, 3, 4)
+  se_blocks_off: Sequence[str] = ()
   zero_init_last_bn: bool = True
 
   def __post_init__(self):
@@ -176,17 +183,31 @@ class ResNet(base.Network):
           'stage_planes and stage_sizes differ in length: '
           f'{self.stage_planes} vs {self.stage_sizes}'
       )
+    blocks = {
+        _paper_block_name(i, j)
+        for i, n in enumerate(self.stage_sizes)
+        for j in range(n)
+    }
+    unknown = sorted(set(self.se_blocks_off) - blocks)
+    if isinstance(self.se_blocks_off, str) or unknown:
+      raise ValueError(
+          'se_blocks_off must name blocks as SE_stage_block, stages 2..'
+          f'{len(self.stage_sizes) + 1}, got {self.se_blocks_off!r}'
+      )
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
-    layers.check_nhwc(x, type(self).__name__)
+  def backbone(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """(N, H, W, 3) -> [stem activation, stage 1, .., stage 4] NHWC maps.
+
+    The stem's is taken before its max pool (stride 2), then the stages
+    at strides 4, 8, 16, 32: timm's `features_only` maps.
+    """
     conv, norm, se = self.layer_factories(train)
-
-    x = x.astype(self.dtype)
-    x = Stem(
-        self.stem, self.stem_width, self.stem_pool, conv, norm, name='stem'
-    )(x)
+    x = Stem(self.stem, self.stem_width, conv, norm, name='stem')(x)
+    maps = [x]
+    if self.stem_pool == 'ceil':
+      x = layers.max_pool_ceil(x)
+    else:
+      x = layers.max_pool_padded(x)
     for i, (num_blocks, planes) in enumerate(
         zip(self.stage_sizes, self.stage_planes)
     ):
@@ -205,20 +226,54 @@ class ResNet(base.Network):
             zero_init_last_bn=self.zero_init_last_bn,
             conv=conv,
             norm=norm,
-            se=se if i + 1 in self.se_stages else None,
+            se=(
+                se
+                if i + 1 in self.se_stages
+                and _paper_block_name(i, j) not in self.se_blocks_off
+                else None
+            ),
             se_position=self.se_position,
             name=f'stage{i + 1}_block{j}',
         )(x)
-    x = layers.global_avg_pool(x)
-    return self.classify(x, train=train)
+      maps.append(x)
+    return maps
+
+  @nn.nowrap
+  def feature_info(self) -> list[dict[str, Any]]:
+    """timm's `feature_info` of this network: the maps of `features`.
+
+    Module names are those of timm's senet.py (`layer0`, the Caffe
+    networks, which pool in ceil mode) or resnet.py (`act1`); both put the
+    stem first (reduction 2), then `layer1`.. (4, 8, 16, 32).
+    """
+    caffe = self.stem_pool == 'ceil'  # The rule convert.py keys by too.
+    stem_chs = 2 * self.stem_width if self.stem == 'deep' else self.stem_width
+    info = [
+        dict(
+            num_chs=stem_chs, reduction=2, module='layer0' if caffe else 'act1'
+        )
+    ]
+    for i, planes in enumerate(self.stage_planes):
+      info.append(
+          dict(
+              num_chs=planes * 4 if self.bottleneck else planes,
+              reduction=4 * 2**i,
+              module=f'layer{i + 1}',
+          )
+      )
+    return info
+
+
+def _paper_block_name(stage: int, block: int) -> str:
+  """0-based stage and block -> the paper's SE_stage_block ('SE_5_2')."""
+  return f'SE_{stage + 2}_{block + 1}'
 
 
 class Stem(nn.Module):
-  """7x7/2 conv (or three 3x3 convs) + BN + ReLU, then 3x3/2 max pool."""
+  """7x7/2 conv (or three 3x3 convs) + BN + ReLU; `ResNet` max-pools it."""
 
   kind: str
   width: int
-  pool: str
   conv: ModuleDef
   norm: ModuleDef
 
@@ -226,15 +281,12 @@ class Stem(nn.Module):
   def __call__(self, x):
     if self.kind == '7x7':
       x = self.conv(self.width, 7, 2, name='conv1')(x)
-      x = nn.relu(self.norm('bn1')(x))
-    else:
-      widths = (self.width, self.width, 2 * self.width)
-      for k, features in enumerate(widths, start=1):
-        x = self.conv(features, 3, 2 if k == 1 else 1, name=f'conv{k}')(x)
-        x = nn.relu(self.norm(f'bn{k}')(x))
-    if self.pool == 'ceil':
-      return layers.max_pool_ceil(x)
-    return layers.max_pool_padded(x)
+      return nn.relu(self.norm('bn1')(x))
+    widths = (self.width, self.width, 2 * self.width)
+    for k, features in enumerate(widths, start=1):
+      x = self.conv(features, 3, 2 if k == 1 else 1, name=f'conv{k}')(x)
+      x = nn.relu(self.norm(f'bn{k}')(x))
+    return x
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).

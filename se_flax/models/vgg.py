@@ -22,7 +22,7 @@ parameter count for either.
 """
 
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -74,23 +74,30 @@ class VGG(base.Network):
   head_width: int = 4096
   head_kernel: int = 7
 
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    """Args: x: (N, H, W, 3) images. Returns: (N, num_classes) float32."""
-    layers.check_nhwc(x, type(self).__name__)
+  def backbone(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+    """(N, H, W, 3) -> timm's `features_only` maps, NHWC.
+
+    Each stage's output before its max pool (strides 1, 2, 4, 8, 16), then
+    the last pool's (32), which feeds the head.
+    """
     conv, norm, se = self.layer_factories(train)
     unit = functools.partial(ConvUnit, conv=conv, norm=norm, se=se)
-    x = x.astype(self.dtype)
+    maps = []
     for i, widths in enumerate(self.stages, start=1):
       for j, features in enumerate(widths, start=1):
         x = unit(features, name=f'conv{i}_{j}')(x)
+      maps.append(x)
       x = layers.max_pool_padded(x, 2, 2, padding=0)
-    x = self._head(x, conv, train)
-    # The head has applied its dropouts already.
-    return self.classify(x, train=train, dropout=False)
+    maps.append(x)
+    return maps
 
-  def _head(self, x, conv, train):
-    """timm's ConvMlp + global average: (N, h, w, C) -> (N, head_width)."""
+  def pool(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """timm's ConvMlp + global average: (N, h, w, C) -> (N, head_width).
+
+    The classifier's dropout follows in `classify` (timm's `forward_head(
+    ..., pre_logits=True)` has applied it already).
+    """
+    conv, _, _ = self.layer_factories(train)
     k = self.head_kernel
     h, w = x.shape[1:3]
     if h < k or w < k:
@@ -101,8 +108,30 @@ class VGG(base.Network):
     x = nn.relu(x)
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     x = nn.relu(conv(self.head_width, 1, use_bias=True, name='fc2')(x))
-    x = layers.global_avg_pool(x)
-    return nn.Dropout(self.drop_rate, deterministic=not train)(x)
+    return layers.global_avg_pool(x)
+
+  @nn.nowrap
+  def feature_info(self) -> list[dict[str, Any]]:
+    """timm's `feature_info`: the ReLU closing each stage, then the pool.
+
+    timm's names index its `features` Sequential: (conv, BN, ReLU) per
+    conv and a max pool per stage.
+    """
+    info, index = [], -1
+    for i, widths in enumerate(self.stages):
+      index += 3 * len(widths)
+      info.append(
+          dict(num_chs=widths[-1], reduction=2**i, module=f'features.{index}')
+      )
+      index += 1
+    info.append(
+        dict(
+            num_chs=self.stages[-1][-1],
+            reduction=2 ** len(self.stages),
+            module=f'features.{index}',
+        )
+    )
+    return info
 
 
 # The registry entries. `se` holds SqueezeExcite fields (None: no SE).
