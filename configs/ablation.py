@@ -9,6 +9,16 @@
     ... --config.model.se_position=3x3                # Table 15
     ... --config.model.se_squeeze=none                # Table 16 (NoSqueeze)
     ... --config.model.se=False                       # the ResNet-50 row
+    ... --config.model.se_stages='(1,2,3)'            # §4: no SE in conv5_x
+    python train.py --config configs/ablation.py:no_stage5_se ...   # same
+
+No SE in the last stage (conv5_x, the paper's SE_5_x; §4 and §7.2):
+this config's SE weights (no biases) fall from 2,514,944 (+9.84% over
+ResNet-50's 25,557,032 parameters) to 942,080 (+3.69%, the paper's ~4%);
+MACs 3.8605 -> 3.8589 G (`se_flax.models.model_stats('se_resnet50',
+se={'use_bias': False}, se_stages=(1, 2, 3))`). The paper reports under
+0.1% top-1 cost. Single blocks: the model field `se_blocks_off`, e.g.
+('SE_5_2', 'SE_5_3'): +5.74% (not yet a config.model field).
 
 Protocol (docs/paper_notes.md, Ablations): 8 GPUs, lr 0.1 (per 256 images),
 label smoothing, no biases in the SE FC layers. The paper lowers the lr on
@@ -20,8 +30,19 @@ value and the batch are not stated: 0.1 and 256 (8 GPUs x 32) here.
 
 from se_flax.train.config import base_config
 
+VARIANTS = {
+    None: {},
+    'no_stage5_se': dict(se_stages=(1, 2, 3)),
+}
 
-def get_config():
+
+def get_config(variant=None):
+  """The protocol; `variant` (after the file name's ':') one of VARIANTS."""
+  if variant not in VARIANTS:
+    raise ValueError(
+        f'Unknown ablation variant {variant!r}; expected one of '
+        f'{sorted(v for v in VARIANTS if v)}'
+    )
   config = base_config()
   config.model.se_use_bias = False
   config.model.se_reduction = 16
@@ -34,4 +55,6 @@ def get_config():
   config.num_epochs = 270.0
   config.lr_decay_epochs = (125, 200, 250)
   config.label_smoothing = 0.1
+  for key, value in VARIANTS[variant].items():
+    config.model[key] = value
   return config
