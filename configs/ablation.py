@@ -17,8 +17,8 @@ this config's SE weights (no biases) fall from 2,514,944 (+9.84% over
 ResNet-50's 25,557,032 parameters) to 942,080 (+3.69%, the paper's ~4%);
 MACs 3.8605 -> 3.8589 G (`se_flax.models.model_stats('se_resnet50',
 se={'use_bias': False}, se_stages=(1, 2, 3))`). The paper reports under
-0.1% top-1 cost. Single blocks: the model field `se_blocks_off`, e.g.
-('SE_5_2', 'SE_5_3'): +5.74% (not yet a config.model field).
+0.1% top-1 cost. Single blocks: `--config.model.se_blocks_off`, e.g.
+`configs/ablation.py:no_se_5_2_5_3` (SE_5_2 and SE_5_3 off): +5.74%.
 
 Protocol (docs/paper_notes.md, Ablations): 8 GPUs, lr 0.1 (per 256 images),
 label smoothing, no biases in the SE FC layers. The paper lowers the lr on
@@ -33,6 +33,7 @@ from se_flax.train.config import base_config
 VARIANTS = {
     None: {},
     'no_stage5_se': dict(se_stages=(1, 2, 3)),
+    'no_se_5_2_5_3': dict(se_blocks_off=('SE_5_2', 'SE_5_3')),
 }
 
 

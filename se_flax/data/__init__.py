@@ -1,8 +1,9 @@
 """Input pipelines; the only part of se_flax that imports TensorFlow.
 
 Importing this package does not import TensorFlow: `config`, `normalize` and
-`synthetic` are TF-free; `pipeline`, `ops`, `prepare`, `tiny_imagenet` and
-`benchmark` import it when imported themselves.
+`synthetic` are TF-free; `pipeline` (TFDS), `folder` (your own image
+folders), `stream` (what those two share), `ops`, `prepare`,
+`tiny_imagenet` and `benchmark` import it when imported themselves.
 
     from se_flax import data
     config.data = data.default_data_config()

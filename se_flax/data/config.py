@@ -15,7 +15,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   """Returns the input-pipeline defaults (the SENet paper's ImageNet recipe).
 
   Fields:
-    name: TFDS dataset name, e.g. 'imagenet2012'.
+    name: TFDS dataset name, e.g. 'imagenet2012'; any prepared TFDS
+      image-classification dataset works (see image_key / label_key).
     data_dir: TFDS data directory, local or gs://; None means TFDS's default
       (~/tensorflow_datasets or $TFDS_DATA_DIR).
     manual_dir: where the ImageNet archives live (preparation only, and named
@@ -23,7 +24,14 @@ def default_data_config() -> ml_collections.ConfigDict:
       `<data_dir>/downloads/manual`, TFDS's default.
     train_split / eval_split: TFDS split strings; slicing such as
       'train[:99%]' is allowed.
-    image_key / label_key: feature names in the TFDS dataset.
+    image_key / label_key: feature names in the TFDS dataset (an Image
+      and a ClassLabel feature).
+    folder_root: for the folder source (`folder.py`): ROOT holding
+      train/<class>/* and val/<class>/* images (JPEG or PNG), local or
+      gs://. The folder source reads image files, so name, data_dir,
+      splits, keys, shuffle_buffer, file_cycle_length, cache and
+      skip_corrupt_records do not apply to it (its epochs are exact
+      permutations of the file list).
     image_size: side of the square training crop, pixels.
     eval_image_size: side of the square eval crop; None means `image_size`.
     crop_pct: eval centre-crop fraction of the shorter side: equivalent to
@@ -63,6 +71,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.eval_split = 'validation'
   c.image_key = 'image'
   c.label_key = 'label'
+  c.folder_root = ml_collections.config_dict.placeholder(str)
   c.image_size = 224
   c.eval_image_size = ml_collections.config_dict.placeholder(int)
   c.crop_pct = 0.875

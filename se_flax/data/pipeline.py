@@ -36,6 +36,13 @@ pads its part with masked examples to the same number of full batches, so
 the jitted step never recompiles, processes never wait on each other, and
 sum(mask) over all processes is the split size.
 
+Any prepared TFDS image-classification dataset works by name (an Image
+feature, JPEG or PNG, grayscale made RGB, and a ClassLabel, whose names
+`dataset_info` returns); a split or feature the config names but the
+dataset lacks is a `DatasetMismatchError` listing what it has. The
+source-independent half (augmentation seeds, fail-safe batching, padded
+eval, the iterators) is `stream.py`, shared with the folder source.
+
 Bad data: an image that fails to decode (or a record that fails to parse) is
 caught per example, counted and logged. In eval its mask is False. In
 training its slot takes a copy of another example of the same batch, which
@@ -53,49 +60,44 @@ stay a function of (seed, step) for the same files and resumption stays
 exact. Evaluation never skips: a damaged eval file is always an error.
 """
 
-import dataclasses
-import functools
 import math
-from typing import Dict, Iterator
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from se_flax.data import ops
 from se_flax.data import prepare
 from se_flax.data import records
+from se_flax.data import stream
 from se_flax.data import tf_setup
 
 _MAX_EPOCHS = 1 << 40
-_LOG_FIRST_SKIPS = 10  # then every 100th
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """Split sizes and label count of the configured dataset."""
-
-  num_train_examples: int
-  num_eval_examples: int
-  num_classes: int
+DatasetInfo = stream.DatasetInfo
+TrainIterator = stream.TrainIterator
+EvalIterable = stream.EvalIterable
+CorruptRecordError = records.CorruptRecordError
 
 
 class DataNotFoundError(FileNotFoundError):
   """The TFDS dataset is not prepared where the config points."""
 
 
-CorruptRecordError = records.CorruptRecordError
+class DatasetMismatchError(ValueError):
+  """The prepared dataset lacks a split or feature that the config names."""
 
 
 def dataset_info(data_config) -> DatasetInfo:
-  """Reads split sizes and the number of classes from TFDS metadata."""
+  """Split sizes, number of classes and label names from TFDS metadata."""
   builder = _builder(data_config)
   splits = builder.info.splits
+  labels = builder.info.features[data_config.label_key]
   return DatasetInfo(
       num_train_examples=splits[data_config.train_split].num_examples,
       num_eval_examples=splits[data_config.eval_split].num_examples,
-      num_classes=builder.info.features[data_config.label_key].num_classes,
+      num_classes=labels.num_classes,
+      label_names=tuple(labels.names) if labels.names else None,
   )
 
 
@@ -113,40 +115,56 @@ def _builder(data_config):
         f'{data_config.name} is stored as {builder.info.file_format.value}; '
         'this pipeline reads TFRecord files.'
     )
+  _check_features_and_splits(builder, data_config)
   return builder
 
 
-def _local_batch(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size={global_batch_size} is not divisible by '
-        f'process_count={process_count}.'
-    )
-  return global_batch_size // process_count
+def _check_features_and_splits(builder, data_config) -> None:
+  """Any image-classification dataset works; say what this one lacks."""
+  name, features = data_config.name, builder.info.features
+  for field, kind in (('train_split', 'train'), ('eval_split', 'eval')):
+    split = data_config[field]
+    try:
+      builder.info.splits[split]  # parses slices such as 'train[:99%]'
+    except (KeyError, ValueError) as e:
+      raise DatasetMismatchError(
+          f'{name} has no {kind} split {split!r} (its splits: '
+          f'{sorted(builder.info.splits)}); set config.data.{field}, e.g. '
+          f"config.data.{field} = '{_suggest_split(builder, kind)}'."
+      ) from e
+  wanted = (
+      ('image_key', data_config.image_key, tfds.features.Image, 'an Image'),
+      (
+          'label_key',
+          data_config.label_key,
+          tfds.features.ClassLabel,
+          'a ' 'ClassLabel',
+      ),
+  )
+  for field, key, feature_type, what in wanted:
+    if key not in features:
+      raise DatasetMismatchError(
+          f'{name} has no feature {key!r} (config.data.{field}); its '
+          f'features: {sorted(features)}.'
+      )
+    if not isinstance(features[key], feature_type):
+      raise DatasetMismatchError(
+          f'{name}: feature {key!r} (config.data.{field}) is '
+          f'{type(features[key]).__name__}, not {what} feature; this '
+          'pipeline trains classifiers on encoded images.'
+      )
+
+
+def _suggest_split(builder, kind: str) -> str:
+  names = sorted(builder.info.splits)
+  preferred = ('train',) if kind == 'train' else ('validation', 'test', 'val')
+  return next((p for p in preferred if p in names), names[0] if names else '')
 
 
 def _is_jpeg(builder, data_config) -> bool:
   """Whether TFDS stores the images as JPEG (else PNG & co.)."""
   feature = builder.info.features[data_config.image_key]
   return getattr(feature, 'encoding_format', None) == 'jpeg'
-
-
-def _blank(size: int) -> Dict[str, tf.Tensor]:
-  """Stand-in for an undecodable example; never reaches the metrics."""
-  return {
-      'image': tf.zeros([size, size, 3], tf.uint8),
-      'label': tf.constant(0, tf.int32),
-  }
-
-
-def _options(data_config) -> tf.data.Options:
-  options = tf.data.Options()
-  options.deterministic = True
-  # Parallelism comes from tf.data's threads, one image per thread.
-  options.threading.max_intra_op_parallelism = 1
-  if data_config.threads:
-    options.threading.private_threadpool_size = data_config.threads
-  return options
 
 
 def train_dataset(
@@ -166,16 +184,14 @@ def train_dataset(
     data_config.image_size; lost_from holds the file of each of the batch's
     k records lost to a damaged file (their rows are copies; see `_Damage`).
   """
-  local = _local_batch(global_batch_size, process_count)
+  local = stream.local_batch(global_batch_size, process_count)
   builder = _builder(data_config)
   shard = records.process_shard(
       builder, data_config.train_split, process_index, process_count
   )
   n = shard.num_examples
   first_epoch, offset = divmod(start_step * local, n)
-  fold = tf.random.experimental.stateless_fold_in
-  root = tf.constant([seed, process_index], tf.int64)
-  aug_root, order_root = fold(root, 0), fold(root, 1)
+  augment_root, order_root = stream.seed_roots(seed, process_index)
   cycle = data_config.file_cycle_length
   stand_in = records.stand_in_record(
       data_config.image_key, data_config.label_key
@@ -188,7 +204,11 @@ def train_dataset(
   def epoch(e):
     file_seed, buffer_seed = tf.unstack(
         tf.random.stateless_uniform(
-            [2], fold(order_root, e), minval=None, maxval=None, dtype=tf.int64
+            [2],
+            tf.random.experimental.stateless_fold_in(order_root, e),
+            minval=None,
+            maxval=None,
+            dtype=tf.int64,
         )
     )
     if data_config.cache:
@@ -207,62 +227,33 @@ def train_dataset(
   parse = records.parse_fn(
       builder, data_config.image_key, data_config.label_key
   )
-  preprocess = functools.partial(
-      ops.train_preprocess,
-      image_size=data_config.image_size,
-      min_area=data_config.min_area,
-      aspect_ratio=tuple(data_config.aspect_ratio),
-      max_attempts=data_config.max_attempts,
-      interpolation=data_config.interpolation,
-      antialias=data_config.antialias,
-      random_rotation=data_config.random_rotation,
-      pixel_jitter=data_config.pixel_jitter,
-      jpeg=_is_jpeg(builder, data_config),
+  preprocess = stream.train_preprocess_fn(
+      data_config, jpeg=_is_jpeg(builder, data_config)
   )
 
   def decode(position, image, label, lost_from):
-    image = preprocess(image, fold(aug_root, position))
-    return {'image': image, 'label': label, 'lost_from': lost_from}
+    seed = stream.augmentation_seed(augment_root, position)
+    return {
+        'image': preprocess(image, seed),
+        'label': label,
+        'lost_from': lost_from,
+    }
 
   def prepare_batch(positions, recs):
     recs, lost_from = recs
     return (positions, *parse(recs), lost_from)
 
-  ds = records.map_and_batch_catching_errors(
+  return stream.train_batches(
       ds,
       decode,
-      lambda _, recs: {**_blank(data_config.image_size), 'lost_from': recs[1]},
+      lambda _, recs: {
+          **stream.blank(data_config.image_size),
+          'lost_from': recs[1],
+      },
+      data_config=data_config,
       batch_size=local,
-      num_parallel_calls=data_config.num_parallel_calls,
       prepare_batch=prepare_batch,
   )
-
-  def fill(batch):
-    batch = dict(batch)
-    lost_from = batch.pop('lost_from')
-    lost = lost_from != ''
-    batch['ok'] &= ~lost  # stand-ins decode, but are failed rows too
-    batch = records.fill_failed(batch)
-    num_lost = tf.reduce_sum(tf.cast(lost, tf.int32))
-    return {
-        **batch,
-        'num_skipped': batch['num_skipped'] - num_lost,
-        'lost_from': tf.boolean_mask(lost_from, lost),
-    }
-
-  ds = ds.map(fill).prefetch(data_config.prefetch)
-  return ds.with_options(_options(data_config))
-
-
-def _log_skips(kind: str, step: int, new: int, total: int) -> None:
-  if total - new < _LOG_FIRST_SKIPS or total // 100 > (total - new) // 100:
-    logging.warning(
-        '%s input: %d undecodable image(s) in batch %d; %d skipped so far.',
-        kind,
-        new,
-        step,
-        total,
-    )
 
 
 class _Damage:
@@ -324,58 +315,6 @@ class _Damage:
     return len(lost_from)
 
 
-class TrainIterator:
-  """Numpy training batches of one process, forever; see `train_dataset`.
-
-  Attributes:
-    info: `DatasetInfo` of the dataset.
-    step: global step of the next batch.
-    num_skipped: undecodable images met so far by this process.
-    num_corrupt_records: records lost to damaged record files met so far by
-      this process (only with skip_corrupt_records; else they raise
-      `CorruptRecordError`).
-  """
-
-  def __init__(
-      self,
-      ds: tf.data.Dataset,
-      info: DatasetInfo,
-      start_step: int,
-      *,
-      shard: records.Shard,
-      skip_corrupt_records: bool = False,
-  ):
-    self._it = ds.as_numpy_iterator()
-    self._damage = _Damage('train', shard, skip_corrupt_records)
-    self.info = info
-    self.step = start_step
-    self.num_skipped = 0
-    self.num_corrupt_records = 0
-
-  @property
-  def num_train_examples(self) -> int:
-    return self.info.num_train_examples
-
-  @property
-  def num_classes(self) -> int:
-    return self.info.num_classes
-
-  def __iter__(self) -> 'TrainIterator':
-    return self
-
-  def __next__(self) -> Dict[str, np.ndarray]:
-    batch = next(self._it)
-    lost_from = batch.pop('lost_from')
-    if lost_from.size:
-      self.num_corrupt_records += self._damage(lost_from, self.step)
-    skipped = int(batch.pop('num_skipped'))
-    if skipped:
-      self.num_skipped += skipped
-      _log_skips('train', self.step, skipped, self.num_skipped)
-    self.step += 1
-    return batch
-
-
 def create_train_iterator(
     data_config,
     *,
@@ -423,8 +362,7 @@ def create_train_iterator(
       ds,
       dataset_info(data_config),
       start_step,
-      shard=shard,
-      skip_corrupt_records=data_config.skip_corrupt_records,
+      damage=_Damage('train', shard, data_config.skip_corrupt_records),
   )
 
 
@@ -442,14 +380,13 @@ def eval_dataset(
   S = eval image size; lost_from holds the file of each of the batch's k
   records lost to a damaged file (masked out; `EvalIterable` raises).
   """
-  local = _local_batch(global_batch_size, process_count)
+  local = stream.local_batch(global_batch_size, process_count)
   builder = _builder(data_config)
   split = data_config.eval_split
   total = builder.info.splits[split].num_examples
   # Even splits differ by at most one; the largest sets the batch count.
   num_batches = math.ceil(math.ceil(total / process_count) / local)
   shard = records.process_shard(builder, split, process_index, process_count)
-  size = data_config.eval_image_size or data_config.image_size
   stand_in = records.stand_in_record(
       data_config.image_key, data_config.label_key
   )
@@ -461,112 +398,32 @@ def eval_dataset(
   parse = records.parse_fn(
       builder, data_config.image_key, data_config.label_key
   )
-  preprocess = functools.partial(
-      ops.eval_preprocess,
-      image_size=size,
-      crop_pct=data_config.crop_pct,
-      interpolation=data_config.interpolation,
-      antialias=data_config.antialias,
-      jpeg=_is_jpeg(builder, data_config),
+  preprocess = stream.eval_preprocess_fn(
+      data_config, jpeg=_is_jpeg(builder, data_config)
   )
 
-  def decode(image, label, real, lost_from):
+  def decode(image, label, lost_from, real):
+    del real  # padding is the stand-in record: it parses and decodes
+    return {'image': preprocess(image), 'label': label, 'lost_from': lost_from}
+
+  def fallback(record, lost_from, real):
+    del record, real
     return {
-        'image': preprocess(image),
-        'label': label,
-        'real': real,
+        **stream.blank(stream.eval_image_size(data_config)),
         'lost_from': lost_from,
     }
 
-  # Padding is the stand-in record (it parses and decodes, so costs no
-  # fallback and logs no parse error), marked not real: mask False.
-  pad = num_batches * local - shard.num_examples
-  ds = ds.map(lambda record, lost_from: (record, True, lost_from))
-  ds = ds.concatenate(
-      tf.data.Dataset.from_tensors(
-          (tf.constant(stand_in), False, tf.constant(''))
-      ).repeat(pad)
-  )
-  ds = records.map_and_batch_catching_errors(
+  ds = stream.eval_batches(
       ds,
+      (tf.constant(stand_in), tf.constant('')),
       decode,
-      lambda record, real, lost_from: {
-          **_blank(size),
-          'real': real,
-          'lost_from': lost_from,
-      },
+      fallback,
+      data_config=data_config,
       batch_size=local,
-      num_parallel_calls=data_config.num_parallel_calls,
-      prepare_batch=lambda recs, real, lost: (*parse(recs), real, lost),
+      num_pad=num_batches * local - shard.num_examples,
+      prepare_batch=lambda recs, lost: (*parse(recs), lost),
   )
-
-  def to_mask(batch):
-    ok, real = batch.pop('ok'), batch.pop('real')
-    lost_from = batch.pop('lost_from')
-    lost = lost_from != ''
-    skipped = tf.reduce_sum(tf.cast(real & ~ok, tf.int32))
-    return {
-        **batch,
-        'mask': ok & real & ~lost,
-        'num_skipped': skipped,
-        'lost_from': tf.boolean_mask(lost_from, lost),
-    }
-
-  ds = ds.map(to_mask).prefetch(data_config.prefetch)
-  return (
-      ds.with_options(_options(data_config)),
-      total,
-      shard.num_examples,
-      (num_batches),
-  )
-
-
-class EvalIterable:
-  """One process's eval batches; iterate once per evaluation.
-
-  Every pass yields `num_batches` batches {'image': uint8 [B, S, S, 3],
-  'label': int32 [B], 'mask': bool [B]}; the same number on every process.
-
-  Attributes:
-    num_examples: real examples in the whole split (all processes).
-    num_local_examples: real examples of this process.
-    num_batches: batches per pass, equal on all processes.
-    num_skipped: undecodable images in the last pass (this process).
-
-  A record lost to a damaged eval file raises `CorruptRecordError`, even
-  with skip_corrupt_records: a metric never silently covers less.
-  """
-
-  def __init__(
-      self,
-      ds,
-      num_examples,
-      num_local_examples,
-      num_batches,
-      *,
-      shard: records.Shard,
-  ):
-    self._ds = ds
-    self._damage = _Damage('eval', shard, skip=False)
-    self.num_examples = num_examples
-    self.num_local_examples = num_local_examples
-    self.num_batches = num_batches
-    self.num_skipped = 0
-
-  def __len__(self) -> int:
-    return self.num_batches
-
-  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
-    self.num_skipped = 0
-    for step, batch in enumerate(self._ds.as_numpy_iterator()):
-      lost_from = batch.pop('lost_from')
-      if lost_from.size:
-        self._damage(lost_from, step)  # raises
-      skipped = int(batch.pop('num_skipped'))
-      if skipped:
-        self.num_skipped += skipped
-        _log_skips('eval', step, skipped, self.num_skipped)
-      yield batch
+  return ds, total, shard.num_examples, num_batches
 
 
 def create_eval_iterator(
@@ -604,4 +461,10 @@ def create_eval_iterator(
       process_index,
       process_count,
   )
-  return EvalIterable(ds, total, local_total, num_batches, shard=shard)
+  return EvalIterable(
+      ds,
+      total,
+      local_total,
+      num_batches,
+      damage=_Damage('eval', shard, skip=False),
+  )

@@ -8,6 +8,8 @@ Durations are in epochs (converted to steps in code, from the dataset size
 and the global batch), so `--config.batch_size=...` keeps them right.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,6 +18,7 @@ from ml_collections.config_dict import placeholder
 from se_flax import layers
 from se_flax.data.config import default_data_config
 from se_flax.models import registry
+from se_flax.train import optim
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -34,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.se_use_bias = placeholder(bool)
   c.model.se_position = placeholder(str)  # standard|pre|post|identity|3x3
   c.model.se_stages = placeholder(tuple)  # e.g. (4,): SE in stage 4 only.
+  # Blocks without SE by the paper's names, e.g. ('SE_5_2', 'SE_5_3').
+  c.model.se_blocks_off = placeholder(tuple)
   c.model.drop_rate = placeholder(float)
   c.model.zero_init_last_bn = placeholder(bool)
   c.model.bn_momentum = 0.9  # Flax convention: PyTorch's 0.1.
@@ -43,7 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype; 'bfloat16' on GPU/TPU.
 
   c.data = default_data_config()
-  c.data.source = 'tfds'  # 'tfds' | 'synthetic' | 'tiny_imagenet'
+  # 'tfds' | 'synthetic' | 'tiny_imagenet' | 'folder' (your own images:
+  # data.folder_root/{train,val}/<class>/*.jpg|png; see se_flax/data/folder.py)
+  c.data.source = 'tfds'
   # 'synthetic': random pixels, no TensorFlow.
   c.data.synthetic_num_classes = 1000
   c.data.synthetic_train_examples = 1_281_167
@@ -78,6 +85,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0
   c.label_smoothing = 0.0
   c.ema_decay = 0.0  # > 0 keeps (and evaluates) an EMA of the weights.
+  # Fine-tuning (configs/finetune.py). `init_from`: anything
+  # se_flax.load_pretrained takes (a hub tag, a weights file, a training
+  # workdir); read only when the run starts fresh, never on resume.
+  c.init_from = placeholder(str)
+  # True: leaves outside the head that are missing or reshaped keep their
+  # fresh initialisation, unexpected ones are ignored (logged); False: error.
+  c.init_allow_mismatch = False
+  # Learning rate of everything but the head (`fc`), relative to the head's.
+  c.backbone_lr_multiplier = 1.0
+  # BN normalises with its running statistics in training too and never
+  # updates them (PyTorch's bn.eval()); scale and bias still train.
+  c.freeze_bn_stats = False
+  # N > 0: the stem and stages 1..N get no updates (nor decay, momentum).
+  c.freeze_stages = 0
   # A step with a non-finite loss, gradient or new state is never applied:
   # 'skip' it (counted in train/skipped_steps) | 'stop' the run within
   # loop.NONFINITE_MAX_LAG steps, saving nothing after it.
@@ -133,6 +154,7 @@ _SE_FIELDS = {
 _MODEL_FIELDS = (
     'se_position',
     'se_stages',
+    'se_blocks_off',
     'drop_rate',
     'zero_init_last_bn',
 )
@@ -158,6 +180,38 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
       bn_momentum=m.bn_momentum,
       dtype=jnp.dtype(m.dtype),
       **overrides,
+  )
+
+
+def _validate_data(config: ml_collections.ConfigDict, check) -> None:
+  """The data fields; the folder layout itself is checked by its scan."""
+  from se_flax.train.inputs import SOURCES  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  check(
+      data.source in SOURCES,
+      'data.source',
+      f'{data.source!r} is not one of {SOURCES}',
+  )
+  if data.source == 'folder':
+    check(
+        isinstance(data.get('folder_root'), str) and data.folder_root.strip(),
+        'data.folder_root',
+        'must name ROOT (holding train/<class>/* and val/<class>/*) when '
+        f"data.source is 'folder', got {data.get('folder_root')!r}",
+    )
+  for field in ('image_size', 'eval_image_size'):
+    size = data.get(field)
+    check(
+        (size is None and field == 'eval_image_size')
+        or (isinstance(size, int) and size > 0),
+        f'data.{field}',
+        f'{size!r} must be a positive number of pixels',
+    )
+  check(
+      0.0 < data.crop_pct <= 1.0,
+      'data.crop_pct',
+      f'{data.crop_pct!r} must be in (0, 1]',
   )
 
 
@@ -221,6 +275,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f"{config.nonfinite!r} is not 'skip' or 'stop'",
   )
   check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
+  _validate_finetune(config, check)
   check(
       config.preemption_check_every_steps > 0,
       'preemption_check_every_steps',
@@ -236,5 +291,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       'num_epochs',
       'set num_epochs or num_train_steps',
   )
+  _validate_data(config, check)
   # Building the module checks the model fields, still without compiling.
   build_model(config, num_classes=2)
+
+
+def _validate_finetune(config: ml_collections.ConfigDict, check) -> None:
+  init_from = config.get('init_from')
+  check(
+      init_from is None or (isinstance(init_from, str) and init_from.strip()),
+      'init_from',
+      f'{init_from!r}: give a hub tag, a weights file or a workdir, or unset',
+  )
+  multiplier = config.get('backbone_lr_multiplier', 1.0)
+  check(
+      isinstance(multiplier, (int, float)) and 0.0 <= multiplier < math.inf,
+      'backbone_lr_multiplier',
+      f'{multiplier!r} must be a finite number >= 0 (0: only the head '
+      "trains; 1: the head's learning rate)",
+  )
+  stages = config.get('freeze_stages', 0)
+  check(
+      isinstance(stages, int) and stages >= 0,
+      'freeze_stages',
+      f'{stages!r} must be an int >= 0 (0: nothing frozen)',
+  )
+  if stages:
+    model = build_model(config, num_classes=2)
+    size = config.data.image_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    shapes = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
+    )
+    try:
+      optim.param_groups(shapes['params'], stages)
+    except ValueError as e:
+      check(False, 'freeze_stages', f'{e} ({config.model.name})')

@@ -1,12 +1,13 @@
 """Chooses the input source named by `config.data.source`.
 
-'tfds' and 'tiny_imagenet' use the tf.data pipeline (imported only then);
+'tfds' and 'tiny_imagenet' use the tf.data pipeline, 'folder' the image
+folder source (`data/folder.py`; TensorFlow imported only then);
 'synthetic' needs no TensorFlow. All sources yield the same per-process
 batches: `image` uint8 NHWC, `label` int32, plus `mask` for eval.
 """
 
 import dataclasses
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional, Tuple
 
 import jax
 import ml_collections
@@ -19,7 +20,9 @@ class Inputs:
   """What the loop needs from a data source.
 
   `train(start_step)` gives the batches from global step `start_step` on;
-  `eval()` one padded pass over the eval split.
+  `eval()` one padded pass over the eval split. `label_names[i]` names
+  label i where the source knows names (TFDS ClassLabel names, the folder
+  source's sorted class folders), else None.
   """
 
   num_train_examples: int
@@ -28,6 +31,10 @@ class Inputs:
   image_size: int
   train: Callable[[int], Iterator[dict]]
   eval: Callable[[], Iterable[dict]]
+  label_names: Optional[Tuple[str, ...]] = None
+
+
+SOURCES = ('tfds', 'synthetic', 'tiny_imagenet', 'folder')
 
 
 def create_inputs(config: ml_collections.ConfigDict) -> Inputs:
@@ -38,11 +45,12 @@ def create_inputs(config: ml_collections.ConfigDict) -> Inputs:
   )
   if data.source == 'synthetic':
     return _synthetic_inputs(config, eval_batch, **process)
-  if data.source not in ('tfds', 'tiny_imagenet'):
+  if data.source not in SOURCES:
     raise ValueError(
-        "config.data.source must be 'tfds', 'synthetic' or "
-        f"'tiny_imagenet', got {data.source!r}"
+        f'config.data.source must be one of {SOURCES}, got {data.source!r}'
     )
+  if data.source == 'folder':
+    return _folder_inputs(config, eval_batch, **process)
   from se_flax.data import pipeline  # TensorFlow from here on.
 
   if data.source == 'tiny_imagenet':
@@ -64,6 +72,36 @@ def create_inputs(config: ml_collections.ConfigDict) -> Inputs:
           **process,
       ),
       eval=lambda: eval_iterable,
+      label_names=info.label_names,
+  )
+
+
+def _folder_inputs(config, eval_batch, *, process_index, process_count):
+  """ROOT/{train,val}/<class>/ images, scanned once (errors raise here)."""
+  from se_flax.data import folder  # TensorFlow from here on.
+
+  data = config.data
+  scan = folder.scan_folder(data.folder_root)
+  info = scan.info()
+  process = dict(process_index=process_index, process_count=process_count)
+  eval_iterable = folder.create_eval_iterator(
+      data, global_batch_size=eval_batch, scan=scan, **process
+  )
+  return Inputs(
+      num_train_examples=info.num_train_examples,
+      num_eval_examples=info.num_eval_examples,
+      num_classes=info.num_classes,
+      image_size=data.image_size,
+      train=lambda start_step: folder.create_train_iterator(
+          data,
+          global_batch_size=config.batch_size,
+          seed=config.seed,
+          start_step=start_step,
+          scan=scan,
+          **process,
+      ),
+      eval=lambda: eval_iterable,
+      label_names=info.label_names,
   )
 
 

@@ -18,8 +18,8 @@ import numpy as np
 from absl import logging
 
 from se_flax import layers, runtime
-from se_flax.train import checkpoint, multihost, nonfinite, object_store_lock
-from se_flax.train import optim, paths
+from se_flax.train import checkpoint, finetune, multihost, nonfinite
+from se_flax.train import object_store_lock, optim, paths
 from se_flax.train import preemption as preemption_lib
 from se_flax.train import resume, sharding, steps, workdir_lock, writers
 from se_flax.train.config import build_model, validate_config
@@ -46,11 +46,28 @@ def _write_config(config, workdir: str) -> None:
     )
 
 
+def _write_label_names(inputs: Inputs, workdir: str) -> None:
+  """`label_names.json`: the class names, index = class id (if known)."""
+  names = getattr(inputs, 'label_names', None)
+  if names is not None and jax.process_index() == 0:
+    paths.write_atomic(
+        paths.workdir_path(workdir) / 'label_names.json',
+        json.dumps(list(names), indent=1),
+    )
+
+
 def _init_fn(config, model, tx, image_size: int):
-  def init(rng):
+  """`init(rng, pretrained=None) -> TrainState`; `pretrained` variables
+  are merged into the fresh ones (`finetune.merge_variables`)."""
+
+  def init(rng, pretrained=None):
     params_rng, state_rng = jax.random.split(rng)
     x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     variables = model.init(params_rng, x, train=False)
+    if pretrained is not None:
+      variables, _ = finetune.merge_variables(
+          variables, pretrained, allow_mismatch=config.init_allow_mismatch
+      )
     return TrainState.create(
         variables, tx, state_rng, use_ema=config.ema_decay > 0
     )
@@ -58,13 +75,33 @@ def _init_fn(config, model, tx, image_size: int):
   return init
 
 
-def create_state(config, model, tx, image_size: int, mesh) -> TrainState:
-  """Initialises the replicated state directly on the devices."""
+def create_state(
+    config, model, tx, image_size: int, mesh, pretrained=None
+) -> TrainState:
+  """Initialises the replicated state directly on the devices.
+
+  `pretrained`: host (numpy) variables to start from (fine-tuning); the
+  leaves that fit replace the fresh ones, and the EMA starts from them.
+  """
   init = jax.jit(
       _init_fn(config, model, tx, image_size),
       out_shardings=sharding.replicated(mesh),
   )
-  return init(jax.random.PRNGKey(config.seed))
+  rng = jax.random.PRNGKey(config.seed)
+  if pretrained is None:
+    return init(rng)
+  return init(rng, _replicate(pretrained, mesh))
+
+
+def _replicate(tree, mesh):
+  """Host arrays, equal on every process, as replicated global arrays."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_callback(
+          np.shape(x), replicated, lambda index: np.asarray(x)[index]
+      ),
+      tree,
+  )
 
 
 def abstract_state(config, model, tx, image_size: int, mesh) -> TrainState:
@@ -103,6 +140,7 @@ def jit_steps(
           label_smoothing=config.label_smoothing,
           ema_decay=config.ema_decay,
           bn_groups=config.model.bn_groups,
+          freeze_bn_stats=config.freeze_bn_stats,
           dtype=dtype,
       ),
       in_shardings=(replicated, batch_sharding),
@@ -328,15 +366,36 @@ def _train(config, workdir: str, preemption) -> TrainResult:
   )
   writer = None
   try:
+    created = []
+
+    def create():
+      created.append(True)
+      pretrained = None
+      if config.init_from:
+        pretrained = finetune.load_init_from(
+            config, model, inputs.image_size, inputs.num_classes
+        )
+      return create_state(
+          config, model, tx, inputs.image_size, mesh, pretrained
+      )
+
     state = resume.restore_or_create(
         config,
         ckpt,
         abstract_state(config, model, tx, inputs.image_size, mesh),
-        lambda: create_state(config, model, tx, inputs.image_size, mesh),
+        create,
         run,
     )
     start_step = int(state.step)
+    if config.init_from and not created:
+      logging.info(
+          'init_from %s ignored: resuming from step %d of this workdir',
+          config.init_from,
+          start_step,
+      )
     _write_config(config, workdir)
+    _write_label_names(inputs, workdir)
+    _log_param_groups(config, state.params)
     train_fn, eval_fn = jit_steps(config, model, tx, schedule, mesh)
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     if start_step == 0:
@@ -391,6 +450,30 @@ def _train(config, workdir: str, preemption) -> TrainResult:
     return result
   finally:
     _close(ckpt, writer)
+
+
+def _log_param_groups(config, params) -> None:
+  """What the fine-tuning options make of the parameters (when used)."""
+  if config.backbone_lr_multiplier == 1.0 and not config.freeze_stages:
+    return
+  groups = optim.param_groups(params, config.freeze_stages)
+  sizes = {'head': 0, 'backbone': 0, 'frozen': 0}
+  for group, leaf in zip(
+      jax.tree_util.tree_leaves(groups), jax.tree_util.tree_leaves(params)
+  ):
+    sizes[group] += leaf.size
+  frozen = sorted(
+      k for k, g in groups.items() if 'frozen' in jax.tree_util.tree_leaves(g)
+  )
+  logging.info(
+      'Parameter groups: head (fc) %s parameters at the scheduled rate, '
+      'backbone %s at x%g, frozen %s (%s)',
+      f'{sizes["head"]:,}',
+      f'{sizes["backbone"]:,}',
+      config.backbone_lr_multiplier,
+      f'{sizes["frozen"]:,}',
+      ', '.join(frozen) or 'none',
+  )
 
 
 def _close(ckpt, writer) -> None:

@@ -1,6 +1,8 @@
-"""Optimizer, learning-rate schedules and the weight-decay mask."""
+"""Optimizer, learning-rate schedules, the weight-decay mask and the
+parameter groups of fine-tuning (head, backbone, frozen stages)."""
 
 import math
+import re
 
 import jax
 import ml_collections
@@ -66,19 +68,87 @@ def weight_decay_mask(params, decay_se: bool = True):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+HEAD = 'fc'  # The classifier every se_flax network ends with.
+_STAGE = re.compile(r'stage(\d+)_')
+
+
+def param_groups(params, freeze_stages: int = 0):
+  """'head' | 'backbone' | 'frozen' for each leaf of `params`.
+
+  The head is `fc`. `freeze_stages` N > 0 freezes the modules before the
+  stages (the stem: every top-level module other than `fc` and
+  `stage<k>_*`) and the stages numbered up to N in the network's own
+  numbering (`stage1_*`..`stageN_*` in ResNets).
+
+  Raises:
+    ValueError: `freeze_stages` > 0 on a network without `stage<k>_`
+      modules, or larger than its last stage.
+  """
+  stages = {int(m.group(1)) for m in map(_STAGE.match, params) if m is not None}
+  if freeze_stages > 0:
+    if not stages:
+      raise ValueError(
+          f'freeze_stages={freeze_stages} needs a network built of '
+          f'stage<k>_ modules (ResNet, MobileNet, ShuffleNet families); '
+          f'this one has {sorted(params)}'
+      )
+    if freeze_stages > max(stages):
+      raise ValueError(
+          f'freeze_stages={freeze_stages}: the network has stages '
+          f'{min(stages)}..{max(stages)}'
+      )
+
+  def group(module: str) -> str:
+    if module == HEAD:
+      return 'head'
+    if freeze_stages <= 0:
+      return 'backbone'
+    stage = _STAGE.match(module)
+    if stage is None or int(stage.group(1)) <= freeze_stages:
+      return 'frozen'
+    return 'backbone'
+
+  return {
+      module: jax.tree_util.tree_map(lambda _, g=group(module): g, subtree)
+      for module, subtree in params.items()
+  }
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
   """SGD with (Nesterov) momentum and masked, coupled weight decay.
 
   Decay is added to the gradient before momentum, as PyTorch's SGD does.
+  With `backbone_lr_multiplier` != 1 or `freeze_stages` > 0 the parameters
+  form groups (`param_groups`): the head follows `schedule`, the backbone
+  `backbone_lr_multiplier` times it (its SGD update scaled, which is SGD
+  at that learning rate: the update is linear in it), and frozen leaves
+  get zero updates, no decay and no momentum. Without either option the
+  optimizer state has the plain layout (checkpoints of earlier runs
+  restore).
   """
   if config.optimizer != 'sgd':
     raise ValueError(f"optimizer must be 'sgd', got {config.optimizer!r}")
-  return optax.chain(
-      optax.add_decayed_weights(
-          config.weight_decay,
-          mask=lambda p: weight_decay_mask(p, config.weight_decay_se),
-      ),
-      optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+
+  def sgd():
+    return optax.chain(
+        optax.add_decayed_weights(
+            config.weight_decay,
+            mask=lambda p: weight_decay_mask(p, config.weight_decay_se),
+        ),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+    )
+
+  multiplier = config.get('backbone_lr_multiplier', 1.0)
+  freeze_stages = config.get('freeze_stages', 0)
+  if multiplier == 1.0 and not freeze_stages:
+    return sgd()
+  return optax.multi_transform(
+      {
+          'head': sgd(),
+          'backbone': optax.chain(sgd(), optax.scale(multiplier)),
+          'frozen': optax.set_to_zero(),
+      },
+      lambda params: param_groups(params, freeze_stages),
   )

@@ -69,6 +69,9 @@ _RECIPE_FIELDS = (
     'warmup_epochs',
     'label_smoothing',
     'ema_decay',
+    'backbone_lr_multiplier',
+    'freeze_bn_stats',
+    'freeze_stages',
 )
 # Larger is an extension (allowed); smaller is a change.
 EXTENDABLE = ('num_epochs', 'num_train_steps')

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from se_flax import layers
 from se_flax.data.normalize import normalize_images
 from se_flax.train.state import TrainState
 
@@ -27,12 +28,41 @@ def cross_entropy(
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def _forward_train(model: nn.Module, variables, images, rng, bn_groups: int):
+_BATCH_NORMS = (nn.BatchNorm, layers.BatchNorm)
+
+
+def _bn_with_running_statistics(next_fun, args, kwargs, context):
+  """Method interceptor: BatchNorm in training mode normalises with its
+  running statistics and leaves them as they are (the eval-mode forward);
+  every other module, dropout included, keeps its training behaviour."""
+  module = context.module
+  if (
+      context.method_name != '__call__'
+      or not isinstance(module, _BATCH_NORMS)
+      or module.use_running_average
+  ):
+    return next_fun(*args, **kwargs)
+  # The same module in eval mode, on this module's own variables: gradients
+  # reach `scale` and `bias` through them.
+  frozen = module.clone(parent=None, use_running_average=True)
+  return frozen.apply(dict(module.variables), *args, **kwargs)
+
+
+def _forward_train(
+    model: nn.Module,
+    variables,
+    images,
+    rng,
+    bn_groups: int,
+    freeze_bn_stats: bool = False,
+):
   """Train-mode forward; returns (logits, new batch_stats).
 
   With `bn_groups` > 1 the batch is split into that many groups, each
   normalised with its own statistics (what per-device BN under pmap did);
-  the running statistics are then averaged over the groups.
+  the running statistics are then averaged over the groups. With
+  `freeze_bn_stats` BN uses the running statistics and they are returned
+  unchanged (`bn_groups` then changes nothing).
   """
 
   def apply(x, key):
@@ -40,6 +70,10 @@ def _forward_train(model: nn.Module, variables, images, rng, bn_groups: int):
         variables, x, train=True, mutable=['batch_stats'], rngs={'dropout': key}
     )
 
+  if freeze_bn_stats:
+    with nn.intercept_methods(_bn_with_running_statistics):
+      logits, _ = apply(images, rng)
+    return logits, variables['batch_stats']
   if bn_groups <= 1:
     logits, updates = apply(images, rng)
     return logits, updates['batch_stats']
@@ -74,9 +108,13 @@ def train_step(
     label_smoothing: float = 0.0,
     ema_decay: float = 0.0,
     bn_groups: int = 0,
+    freeze_bn_stats: bool = False,
     dtype: Any = jnp.float32,
 ):
   """One SGD step. Returns (new state, metrics of this step).
+
+  `freeze_bn_stats`: BN normalises with the running statistics and keeps
+  them (and their EMA) bitwise unchanged; see `_forward_train`.
 
   A step whose loss, gradients or new state (parameters, BN statistics,
   optimizer state, EMA) are not all finite leaves the whole state
@@ -90,7 +128,7 @@ def train_step(
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     logits, batch_stats = _forward_train(
-        model, variables, images, rng, bn_groups
+        model, variables, images, rng, bn_groups, freeze_bn_stats
     )
     loss = cross_entropy(logits, labels, label_smoothing).mean()
     return loss, (logits, batch_stats)
@@ -107,9 +145,9 @@ def train_step(
     ema = lambda old, cur: ema_decay * old + (1.0 - ema_decay) * cur
     new = new.replace(
         ema_params=jax.tree_util.tree_map(ema, state.ema_params, params),
-        ema_batch_stats=jax.tree_util.tree_map(
-            ema, state.ema_batch_stats, batch_stats
-        ),
+        ema_batch_stats=state.ema_batch_stats
+        if freeze_bn_stats
+        else jax.tree_util.tree_map(ema, state.ema_batch_stats, batch_stats),
     )
   # The new state too: a finite gradient can still meet a damaged
   # optimizer state or overflow in the update.
@@ -137,7 +175,8 @@ def eval_step(
   labels, mask = batch['label'], batch['mask']
   logits = model.apply(variables, images, train=False)
   loss = cross_entropy(logits, labels)
-  top5 = jax.lax.top_k(logits, 5)[1]
+  # Fewer than 5 classes (a small fine-tuning task): top-5 is top-all.
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   correct1 = top5[:, 0] == labels
   correct5 = jnp.any(top5 == labels[:, None], axis=-1)
   return {

@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 from se_flax import data
 from se_flax.data import pipeline
 from se_flax.data import records
+from se_flax.data import tiny_imagenet
 from tests.data.helpers import NUM_TRAIN
 from tests.data.helpers import NUM_VAL
 from tests.data.helpers import data_config
@@ -24,7 +25,8 @@ def _train(cfg, **kw):
 
 def test_dataset_info(tiny_dirs):
   info = pipeline.dataset_info(data_config(tiny_dirs[0]))
-  assert info == pipeline.DatasetInfo(NUM_TRAIN, NUM_VAL, 1000)
+  synsets = tuple(tiny_imagenet.synsets())  # the ClassLabel's names
+  assert info == pipeline.DatasetInfo(NUM_TRAIN, NUM_VAL, 1000, synsets)
 
 
 def test_train_batch_format(tiny_dirs):

@@ -11,6 +11,8 @@ CONFIGS = pathlib.Path(__file__).parents[2] / 'configs'
 CASES = [
     ('default', None),
     ('ablation', None),
+    ('ablation', 'no_stage5_se'),
+    ('ablation', 'no_se_5_2_5_3'),
     ('modern', None),
     ('synthetic', None),
     ('quickstart', None),
@@ -46,3 +48,18 @@ def test_config_validates_and_has_a_plain_twin(name, arg, monkeypatch):
     config.model[key] = None
   plain = config_lib.build_model(config, 1000)
   assert with_se.se is not None and plain.se is None
+
+
+@pytest.mark.parametrize(
+    'variant,se_params',
+    [('no_stage5_se', 942_080), ('no_se_5_2_5_3', 1_466_368)],
+)
+def test_ablation_variants_remove_the_stage5_se_parameters(variant, se_params):
+  from se_flax.models import model_stats
+
+  model = config_lib.build_model(_load('ablation', variant), 1000)
+  ablated = model_stats(model)
+  # ResNet-50 has 25,557,032; all 16 SE blocks (no biases) add 2,514,944.
+  assert model_stats(model.clone(se=None)).params == 25_557_032
+  assert ablated.se_params == se_params
+  assert ablated.params == 25_557_032 + se_params
