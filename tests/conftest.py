@@ -44,3 +44,19 @@ def pytest_unconfigure(config):
   # The session's cache goes with it (subprocesses have all exited).
   if _SESSION_CACHE:
     shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def tiny_se_workdir(tmp_path_factory):
+  """A 2-step run of tests/train/tiny_config.py (seresnet_tiny, 10 classes,
+  32 px) with two non-default fields a loader must keep: SE reduction 1
+  and eval crop_pct 0.9. Shared, so read it only (copy it to change it)."""
+  from se_flax.train import loop
+  from tests.train.tiny_config import tiny_config
+
+  workdir = str(tmp_path_factory.mktemp('tiny_se_run'))
+  config = tiny_config(num_train_steps=2)
+  config.model.se_reduction = 1
+  config.data.crop_pct = 0.9
+  loop.train_and_evaluate(config, workdir)
+  return workdir

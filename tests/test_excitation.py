@@ -269,17 +269,8 @@ def test_se_blocks_off_removes_only_those_blocks():
     with_se.clone(se_blocks_off=('SE_6_1',))
 
 
-@pytest.fixture(scope='module')
-def se_workdir(tmp_path_factory):
-  from se_flax.train.loop import train_and_evaluate
-  from tests.train.tiny_config import tiny_config
-
-  workdir = str(tmp_path_factory.mktemp('se_run'))
-  train_and_evaluate(tiny_config(num_train_steps=2), workdir)
-  return workdir
-
-
-def test_command_writes_statistics_figures_and_table(se_workdir, tmp_path):
+def test_command_writes_statistics_figures_and_table(tiny_se_workdir, tmp_path):
+  se_workdir = tiny_se_workdir
   out = tmp_path / 'out'
   result = subprocess.run(
       [

@@ -347,16 +347,16 @@ def test_predict_command_offline(tmp_path):
   assert 'hf download timm/seresnet50.a1_in1k' in missing.stderr
 
 
-def test_workdir_and_its_export_load_with_the_run_config(tmp_path):
-  from se_flax.train import checkpoint
-  from se_flax.train import loop
-  from tests.train.tiny_config import tiny_config
+def test_workdir_and_its_export_load_with_the_run_config(
+    tiny_se_workdir, tmp_path
+):
+  import shutil
 
+  from se_flax.train import checkpoint
+
+  # The run's se_reduction=1 and crop_pct=0.9 must survive loading.
   workdir = str(tmp_path / 'run')
-  config = tiny_config(num_train_steps=2)
-  config.model.se_reduction = 1  # A run override the model must keep.
-  config.data.crop_pct = 0.9
-  loop.train_and_evaluate(config, workdir)
+  shutil.copytree(tiny_se_workdir, workdir)
   names = [f'class_{i}' for i in range(10)]
   with open(os.path.join(workdir, checkpoint.LABEL_NAMES), 'w') as f:
     json.dump(names, f)

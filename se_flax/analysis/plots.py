@@ -1,4 +1,4 @@
-"""Figures in the style of the paper's Figs. 6 and 7 (matplotlib, Agg).
+"""Figures in the style of the paper's Figs. 6 and 7 (matplotlib).
 
 Imported only to plot: the statistics need neither matplotlib nor a
 display. x is the channel index of `num_channels` evenly spaced channels
@@ -8,12 +8,11 @@ spaced or drew them is not stated), y the mean gate in [0, 1].
 
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')  # Files only; never a display.
-
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-import matplotlib.ticker  # pylint: disable=g-import-not-at-top
+# Figures are made without pyplot: no backend is chosen or changed (a
+# notebook keeps its inline display, a server needs none) and nothing
+# accumulates in pyplot's figure registry.
+import matplotlib.figure
+import matplotlib.ticker
 import numpy as np
 
 from se_flax.analysis.statistics import ALL, GateStatistics
@@ -31,9 +30,8 @@ def sampled_channels(num_channels: int, count: int = 50) -> np.ndarray:
 def _grid(num_panels: int):
   cols = min(3, num_panels)
   rows = -(-num_panels // cols)
-  fig, axes = plt.subplots(
-      rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False
-  )
+  fig = matplotlib.figure.Figure(figsize=(4.2 * cols, 3.0 * rows))
+  axes = fig.subplots(rows, cols, squeeze=False)
   for ax in axes.flat[num_panels:]:
     ax.set_visible(False)
   return fig, list(axes.flat[:num_panels])
@@ -122,12 +120,13 @@ def class_band_figure(
 
 def save(fig, path: str, dpi: int = 120) -> None:
   fig.savefig(path, dpi=dpi)
-  plt.close(fig)
 
 
 def to_rgb_array(fig, dpi: int = 80) -> np.ndarray:
-  """The figure as (H, W, 3) uint8, for TensorBoard images (call it
-  before `save`, which closes the figure)."""
+  """The figure as (H, W, 3) uint8, for TensorBoard images."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+
   fig.set_dpi(dpi)
-  fig.canvas.draw()
-  return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  canvas = FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()

@@ -20,7 +20,6 @@ from se_flax.pretrained import tags
 # Weight files of a timm Hub repository, in the order they are tried.
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 _TIMM_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin')
-LABEL_NAMES_FILE = 'label_names.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,7 +306,9 @@ def _is_workdir(path: str) -> bool:
 
 
 def _read_label_names(workdir: str) -> Optional[list]:
-  path = os.path.join(workdir, LABEL_NAMES_FILE)
+  from se_flax.train import checkpoint
+
+  path = os.path.join(workdir, checkpoint.LABEL_NAMES)
   if not os.path.isfile(path):
     return None
   with open(path, encoding='utf-8') as f:

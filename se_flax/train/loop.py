@@ -51,7 +51,7 @@ def _write_label_names(inputs: Inputs, workdir: str) -> None:
   names = getattr(inputs, 'label_names', None)
   if names is not None and jax.process_index() == 0:
     paths.write_atomic(
-        paths.workdir_path(workdir) / 'label_names.json',
+        paths.workdir_path(workdir) / checkpoint.LABEL_NAMES,
         json.dumps(list(names), indent=1),
     )
 
