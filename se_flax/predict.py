@@ -135,7 +135,10 @@ def _parse(argv):
 
 
 def main(argv=None) -> int:
+  from se_flax.train import cli
+
   args = _parse(argv)
+  cli.quiet_library_logs(verbosity=0)
   started = time.perf_counter()
   try:
     pretrained = load_lib.load_pretrained(

@@ -15,6 +15,7 @@ from se_flax.analysis.excitation import main, resolve_classes
 from se_flax.data.normalize import normalize_images
 from se_flax.models import create_model
 from se_flax.pretrained import labels
+from tests.data import helpers as data_helpers
 
 SIZE = 16
 NUM_CLASSES = 5  # Class 4 never occurs.
@@ -311,6 +312,33 @@ def test_command_writes_statistics_figures_and_table(tiny_se_workdir, tmp_path):
   assert (out / 'fig6_class_means.png').read_bytes()[:4] == b'\x89PNG'
   csv = (out / 'class_specificity.csv').read_text().splitlines()
   assert csv[0].startswith('layer,channels') and len(csv) == 5
+
+
+def test_pretrained_weights_on_a_folder_count_the_folders_classes(
+    tiny_se_workdir, tmp_path, capsys
+):
+  """Labels are the dataset's (3 folders), not the 10-class head's; with no
+  --classes and none of the paper's four, the first classes are drawn."""
+  root = data_helpers.write_colour_folder(
+      str(tmp_path / 'images'), train_per_class=1, val_per_class=3
+  )
+  out = tmp_path / 'out'
+  args = ['--pretrained', tiny_se_workdir, '--folder', root]
+  assert main(args + ['--output', str(out), '--batch-size', '4']) == 0
+  stats = statistics.GateStatistics.load(str(out / 'excitation.npz'))
+  assert stats.num_classes == 3
+  assert list(stats.label_names) == list(data_helpers.COLOUR_CLASSES)
+  assert stats.count.tolist() == [3, 3, 3]
+  assert not stats.empty_classes()
+  for name in data_helpers.COLOUR_CLASSES:
+    assert (out / f'fig7_{name}.png').exists()
+  assert 'classes have no examples' not in capsys.readouterr().out
+  with pytest.raises(SystemExit) as e:
+    main(args + ['--output', str(tmp_path / 'o2'), '--classes', 'goldfish'])
+  assert e.value.code == 2
+  assert "Unknown class 'goldfish' (the dataset has 3 named classes)" in (
+      capsys.readouterr().err
+  )
 
 
 @pytest.mark.slow  # Trains a second run (~8 s); the API's error is default.

@@ -16,6 +16,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import se_flax  # pylint: disable=g-import-not-at-top
 from se_flax import convert  # pylint: disable=g-import-not-at-top
 from se_flax.models import feature_info, resnet  # pylint: disable=g-import-not-at-top
+from tests import timm_reference  # pylint: disable=g-import-not-at-top
 
 TIMM_RESNETS = sorted(n for n in resnet.CONFIGS if timm.is_model(n))
 
@@ -31,17 +32,6 @@ def test_feature_info_is_timms(name):
   assert list(reference.feature_info.out_indices) == list(range(len(expected)))
 
 
-def _randomise_bn(model):
-  # timm zero-inits some BN scales; random statistics exercise every term.
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.1, 0.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-
-
 @pytest.mark.parametrize(
     'name,size,out_indices',
     [
@@ -51,9 +41,7 @@ def _randomise_bn(model):
     ],
 )
 def test_features_only_outputs_match(name, size, out_indices):
-  torch.manual_seed(0)
-  model = timm.create_model(name, pretrained=False).eval()
-  _randomise_bn(model)
+  model = timm_reference.random_model(name)
   state = model.state_dict()
   extra = {} if out_indices is None else {'out_indices': out_indices}
   reference = timm.create_model(
@@ -92,9 +80,7 @@ def test_features_only_outputs_match(name, size, out_indices):
     [('mobilenetv1_100', 67), ('inception_resnet_v2', 139), ('vgg16_bn', 65)],
 )
 def test_other_backbones_match_features_only(name, size):
-  torch.manual_seed(0)
-  model = timm.create_model(name, pretrained=False).eval()
-  _randomise_bn(model)
+  model = timm_reference.random_model(name)
   state = model.state_dict()
   reference = timm.create_model(
       name, pretrained=False, features_only=True

@@ -296,15 +296,18 @@ def test_predict_command_offline(tmp_path):
       JAX_PLATFORMS='cpu',
   )
   env.pop('HF_HUB_CACHE', None)
-  command = [sys.executable, '-m', 'se_flax.predict', '--top-k', '2']
-  run = subprocess.run(
-      command + ['--pretrained', 'someone/tiny', '--json', *images],
-      env=env,
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      timeout=120,
-  )
+
+  def predict_command(*args):
+    return subprocess.run(
+        [sys.executable, '-m', 'se_flax.predict', '--top-k', '2', *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+  run = predict_command('--pretrained', 'someone/tiny', '--json', *images)
   assert run.returncode == 0, run.stderr
   rows = [json.loads(line) for line in run.stdout.splitlines()]
   assert [r['image'] for r in rows] == images
@@ -324,24 +327,10 @@ def test_predict_command_offline(tmp_path):
         [p.probability for p in preds],
         rtol=1e-5,
     )
-  text = subprocess.run(
-      command + ['--pretrained', 'someone/tiny', images[0]],
-      env=env,
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      timeout=120,
-  )
+  text = predict_command('--pretrained', 'someone/tiny', images[0])
   assert text.returncode == 0 and text.stdout.splitlines()[0] == images[0]
   assert len(text.stdout.splitlines()) == 3  # The path, then 2 classes.
-  missing = subprocess.run(
-      command + ['--pretrained', 'seresnet50.a1_in1k', images[0]],
-      env=env,
-      capture_output=True,
-      text=True,
-      cwd=ROOT,
-      timeout=120,
-  )
+  missing = predict_command('--pretrained', 'seresnet50.a1_in1k', images[0])
   assert missing.returncode == 2
   assert missing.stderr.startswith('error: Cannot get')
   assert 'hf download timm/seresnet50.a1_in1k' in missing.stderr

@@ -19,7 +19,7 @@ from huggingface_hub import constants as hub_constants  # pylint: disable=g-impo
 
 import se_flax  # pylint: disable=g-import-not-at-top
 from se_flax import predict as predict_lib  # pylint: disable=g-import-not-at-top
-from tests import hub_cache  # pylint: disable=g-import-not-at-top
+from tests import timm_reference  # pylint: disable=g-import-not-at-top
 
 
 def photographs():
@@ -51,26 +51,9 @@ def photographs():
 
 def timm_hub_cache(tmp_path, monkeypatch, arch, tag):
   """timm's own Hub files of a random `arch`, cached as timm/<arch>.<tag>."""
-  torch.manual_seed(0)
-  model = timm.create_model(arch, pretrained=False).eval()
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-  saved = tmp_path / 'saved'
-  timm.models._hub.save_for_hf(model, str(saved), safe_serialization=True)
   cache = tmp_path / 'hub'
-  repo = f'timm/{arch}.{tag}'
-  hub_cache.add_to_cache(
-      str(cache),
-      repo,
-      {
-          name: (saved / name).read_bytes()
-          for name in ('config.json', 'model.safetensors')
-      },
+  repo = timm_reference.cache_random_model(
+      arch, tag, saved_dir=str(tmp_path / 'saved'), cache_dir=str(cache)
   )
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.setattr(hub_constants, 'HF_HUB_OFFLINE', True)

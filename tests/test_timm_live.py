@@ -14,6 +14,7 @@ import jax  # pylint: disable=g-import-not-at-top
 
 import se_flax  # pylint: disable=g-import-not-at-top
 from se_flax import convert  # pylint: disable=g-import-not-at-top
+from tests import timm_reference  # pylint: disable=g-import-not-at-top
 
 
 @pytest.mark.parametrize(
@@ -27,16 +28,7 @@ from se_flax import convert  # pylint: disable=g-import-not-at-top
     ],
 )
 def test_timm_random_init_matches(name, size):
-  torch.manual_seed(0)
-  reference = timm.create_model(name, pretrained=False).eval()
-  # timm zero-inits some BN scales; random statistics exercise every term.
-  with torch.no_grad():
-    for module in reference.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.1, 0.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
+  reference = timm_reference.random_model(name)
   state = {k: v.numpy() for k, v in reference.state_dict().items()}
   variables = convert.from_timm(state, name)
   model = se_flax.create_model(name)

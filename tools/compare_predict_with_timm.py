@@ -40,7 +40,7 @@ def main():
   import torch
   from PIL import Image
 
-  from tests import hub_cache
+  from tests import timm_reference
 
   images = [
       os.path.join(
@@ -49,26 +49,12 @@ def main():
       os.path.join(skimage.data.data_dir, 'chelsea.png'),
       os.path.join(skimage.data.data_dir, 'coffee.png'),
   ]
-  arch = args.tag.partition('.')[0]
-  torch.manual_seed(0)
-  model = timm.create_model(arch, pretrained=False).eval()
-  with torch.no_grad():
-    for module in model.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.weight.uniform_(0.5, 1.5)
-        module.bias.normal_(0, 0.1)
-        module.running_mean.normal_(0, 0.1)
-        module.running_var.uniform_(0.5, 1.5)
-  saved = tempfile.mkdtemp(prefix='timm_saved_')
-  timm.models._hub.save_for_hf(model, saved, safe_serialization=True)
-  repo = f'timm/{args.tag}'
-  hub_cache.add_to_cache(
-      os.path.join(home, 'hub'),
-      repo,
-      {
-          n: open(os.path.join(saved, n), 'rb').read()
-          for n in ('config.json', 'model.safetensors')
-      },
+  arch, _, tag = args.tag.partition('.')
+  repo = timm_reference.cache_random_model(
+      arch,
+      tag,
+      saved_dir=tempfile.mkdtemp(prefix='timm_saved_'),
+      cache_dir=os.path.join(home, 'hub'),
   )
   reference = timm.create_model(f'hf-hub:{repo}', pretrained=True).eval()
   transform = timm.data.create_transform(

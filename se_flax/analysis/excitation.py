@@ -94,6 +94,36 @@ def _descriptions_for(label_names) -> Optional[tuple[str, ...]]:
   return None
 
 
+_PAPER_CLASSES = ('goldfish', 'pug', 'plane', 'cliff')
+
+
+def _dataset_labels(inputs, pretrained_config):
+  """(label names, descriptions) of the dataset's labels, or None each.
+
+  The statistics are per dataset label, whatever the classifier predicts:
+  the dataset's names come first; the weights' own names serve only a
+  dataset without names (synthetic data) whose label count they fit.
+  """
+  names = inputs.label_names
+  descriptions = None
+  if names is None and pretrained_config.label_names is not None:
+    if len(pretrained_config.label_names) == inputs.num_classes:
+      names = pretrained_config.label_names
+      descriptions = pretrained_config.label_descriptions
+  return names, descriptions or _descriptions_for(names)
+
+
+def _classes_to_plot(wanted: Optional[str], names, descriptions) -> list[int]:
+  """--classes, else the paper's four where they resolve, else 0..3."""
+  if wanted:
+    return resolve_classes(wanted.split(','), names, descriptions)
+  try:
+    return resolve_classes(_PAPER_CLASSES, names, descriptions)
+  except ValueError:
+    num = len(names) if names else 4
+    return list(range(min(4, num)))
+
+
 # -- the command -----------------------------------------------------------------
 
 
@@ -118,8 +148,9 @@ def _parse_args(argv):
   parser.add_argument('--output', required=True, help='directory to write')
   parser.add_argument(
       '--classes',
-      default='goldfish,pug,plane,cliff',
-      help='comma-separated ids, label names or descriptions to plot',
+      help='comma-separated ids, label names or descriptions to plot '
+      "(default: the paper's goldfish,pug,plane,cliff where the dataset has "
+      'them, else classes 0-3)',
   )
   parser.add_argument(
       '--layers', help='SE layers to analyse (default: every SE block)'
@@ -163,21 +194,16 @@ def _parse_args(argv):
 
 
 def _run_config(workdir: Optional[str]):
-  """base_config() with a workdir's stored data fields over it."""
+  """A workdir's stored config (its data fields), else base_config()."""
   import json
   import os
 
   from se_flax.train import config as train_config
 
-  config = train_config.base_config()
   if workdir is None:
-    return config
+    return train_config.base_config()
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    stored = json.load(f)
-  data = stored.get('data', {})
-  config.data.update({k: v for k, v in data.items() if k in config.data})
-  config.seed = stored.get('seed', config.seed)
-  return config
+    return train_config.from_stored(json.load(f))
 
 
 def _data_config(args, pretrained):
@@ -236,6 +262,9 @@ def main(argv=None) -> int:
   import time
 
   parser, args = _parse_args(argv)
+  from se_flax.train import cli
+
+  cli.quiet_library_logs(verbosity=0)
   from se_flax import pretrained as pretrained_lib
   from se_flax.analysis import plots
   from se_flax.analysis import statistics as stats_lib
@@ -255,10 +284,9 @@ def main(argv=None) -> int:
   from se_flax.train.inputs import create_inputs
 
   inputs = create_inputs(config)
-  names = loaded.config.label_names or inputs.label_names
-  descriptions = loaded.config.label_descriptions or _descriptions_for(names)
+  names, descriptions = _dataset_labels(inputs, loaded.config)
   try:
-    classes = resolve_classes(args.classes.split(','), names, descriptions)
+    classes = _classes_to_plot(args.classes, names, descriptions)
   except ValueError as e:
     parser.exit(2, f'error: {e}\n')
   start = time.perf_counter()
@@ -271,6 +299,7 @@ def main(argv=None) -> int:
       std=loaded.config.std,
       sample_cap=args.sample_cap or None,
       histogram_bins=args.histogram_bins,
+      num_classes=inputs.num_classes,
       label_names=names,
       label_descriptions=descriptions,
   )

@@ -283,6 +283,7 @@ def _from_file(path: str, model_name) -> _Loaded:
 
 def _from_export(path: str, model_name) -> _Loaded:
   from se_flax.train import checkpoint  # Orbax & co. only for se_flax files.
+  from se_flax.train import config as train_config
 
   variables = checkpoint.load_exported(path)
   meta = checkpoint.read_export_meta(path)
@@ -290,7 +291,7 @@ def _from_export(path: str, model_name) -> _Loaded:
     arch, cfg = _resolve_model_name(model_name, path)
     cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
     return _Loaded(arch, variables, cfg, path)
-  config = _run_config(meta['config'])
+  config = train_config.from_stored(meta['config'])
   if model_name and model_name != config.model.name:
     raise ValueError(
         f'{path} holds a {config.model.name!r}, not the '
@@ -313,23 +314,6 @@ def _read_label_names(workdir: str) -> Optional[list]:
     return None
   with open(path, encoding='utf-8') as f:
     return json.load(f)
-
-
-def _run_config(stored: dict):
-  """A run's stored config over today's defaults (older runs lack fields)."""
-  import ml_collections
-  from se_flax.train import config as train_config
-
-  config = train_config.base_config()
-  for section in ('model', 'data'):
-    for key, value in stored.get(section, {}).items():
-      if key in config[section] and not isinstance(
-          config[section][key], ml_collections.ConfigDict
-      ):
-        config[section][key] = (
-            tuple(value) if isinstance(value, list) else value
-        )
-  return config
 
 
 def _from_run(config, variables, label_names, where: str) -> _Loaded:
@@ -357,11 +341,12 @@ def _from_run(config, variables, label_names, where: str) -> _Loaded:
 
 def _from_workdir(workdir: str) -> _Loaded:
   from se_flax.train import checkpoint
+  from se_flax.train import config as train_config
 
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} has checkpoints but no config.json')
   with open(path, encoding='utf-8') as f:
-    config = _run_config(json.load(f))
+    config = train_config.from_stored(json.load(f))
   variables = checkpoint.load_variables(workdir)
   return _from_run(config, variables, _read_label_names(workdir), workdir)

@@ -76,7 +76,11 @@ def quiet_library_logs(verbosity: int) -> None:
   """Below `verbosity` 1, drops the chatter of `_CHATTY_SOURCES` and the
   `_EXPECTED_WARNINGS`; everything else, se_flax's own INFO included, stays."""
   if verbosity < 1:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    # Commands without absl.app (argparse: predict, the analysis) log
+    # through the std 'absl' logger but not through absl's handler.
+    for where in (logging.get_absl_handler(), std_logging.getLogger('absl')):
+      if not any(isinstance(f, _QuietLibraries) for f in where.filters):
+        where.addFilter(_QuietLibraries())
 
 
 def import_tensorflow(verbosity: int):

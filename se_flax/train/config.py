@@ -160,6 +160,33 @@ _MODEL_FIELDS = (
 )
 
 
+def from_stored(stored: dict) -> ml_collections.ConfigDict:
+  """A run's stored config.json (a dict) over today's `base_config()`.
+
+  For reading a finished run (its model and data), not for resuming it:
+  fields an older run lacks keep today's defaults, fields today's config
+  no longer has are dropped, nested sections merge field by field, and
+  JSON lists become tuples unless the default is a list.
+  """
+  config = base_config()
+
+  def merge(target: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in target:
+        continue
+      default = target[key]
+      if isinstance(default, ml_collections.ConfigDict):
+        if isinstance(value, dict):
+          merge(default, value)
+      elif isinstance(value, list) and not isinstance(default, list):
+        target[key] = tuple(value)
+      else:
+        target[key] = value
+
+  merge(config, stored)
+  return config
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """The registry model with the config's overrides (validated there)."""
   m = config.model

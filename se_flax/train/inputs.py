@@ -50,55 +50,44 @@ def create_inputs(config: ml_collections.ConfigDict) -> Inputs:
         f'config.data.source must be one of {SOURCES}, got {data.source!r}'
     )
   if data.source == 'folder':
-    return _folder_inputs(config, eval_batch, **process)
+    from se_flax.data import folder  # TensorFlow from here on.
+
+    scan = folder.scan_folder(data.folder_root)  # Bad folders raise here.
+    return _streamed_inputs(
+        config, data, folder, scan.info(), eval_batch, process, scan=scan
+    )
   from se_flax.data import pipeline  # TensorFlow from here on.
 
   if data.source == 'tiny_imagenet':
     data = _with_tiny_imagenet(data)
-  info = pipeline.dataset_info(data)
-  eval_iterable = pipeline.create_eval_iterator(
-      data, global_batch_size=eval_batch, **process
+  return _streamed_inputs(
+      config, data, pipeline, pipeline.dataset_info(data), eval_batch, process
+  )
+
+
+def _streamed_inputs(
+    config, data, source, info, eval_batch, process, **source_kwargs
+):
+  """Inputs of a tf.data source module (`pipeline` or `folder`).
+
+  Both modules offer create_train_iterator / create_eval_iterator with the
+  same arguments; source_kwargs are extra ones (the folder's scan).
+  """
+  eval_iterable = source.create_eval_iterator(
+      data, global_batch_size=eval_batch, **process, **source_kwargs
   )
   return Inputs(
       num_train_examples=info.num_train_examples,
       num_eval_examples=info.num_eval_examples,
       num_classes=info.num_classes,
       image_size=data.image_size,
-      train=lambda start_step: pipeline.create_train_iterator(
+      train=lambda start_step: source.create_train_iterator(
           data,
           global_batch_size=config.batch_size,
           seed=config.seed,
           start_step=start_step,
           **process,
-      ),
-      eval=lambda: eval_iterable,
-      label_names=info.label_names,
-  )
-
-
-def _folder_inputs(config, eval_batch, *, process_index, process_count):
-  """ROOT/{train,val}/<class>/ images, scanned once (errors raise here)."""
-  from se_flax.data import folder  # TensorFlow from here on.
-
-  data = config.data
-  scan = folder.scan_folder(data.folder_root)
-  info = scan.info()
-  process = dict(process_index=process_index, process_count=process_count)
-  eval_iterable = folder.create_eval_iterator(
-      data, global_batch_size=eval_batch, scan=scan, **process
-  )
-  return Inputs(
-      num_train_examples=info.num_train_examples,
-      num_eval_examples=info.num_eval_examples,
-      num_classes=info.num_classes,
-      image_size=data.image_size,
-      train=lambda start_step: folder.create_train_iterator(
-          data,
-          global_batch_size=config.batch_size,
-          seed=config.seed,
-          start_step=start_step,
-          scan=scan,
-          **process,
+          **source_kwargs,
       ),
       eval=lambda: eval_iterable,
       label_names=info.label_names,

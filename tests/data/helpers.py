@@ -1,5 +1,7 @@
 """Helpers and sizes the data tests share (conftest.py builds the data)."""
 
+import os
+
 import numpy as np
 
 from se_flax.data import config as config_lib
@@ -36,3 +38,24 @@ def assert_same_batches(a, b):
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x['image'], y['image'])
     np.testing.assert_array_equal(x['label'], y['label'])
+
+
+COLOUR_CLASSES = ('cat', 'dog', 'emu')
+
+
+def write_colour_folder(root, train_per_class=16, val_per_class=5):
+  """ROOT/{train,val}/<class>/*.png, 40x40: a flat colour per class (red,
+  green, blue for COLOUR_CLASSES) plus noise; learnable in a few steps."""
+  import tensorflow as tf  # Only the folder source and its tests need it.
+
+  rng = np.random.default_rng(0)
+  for split, count in (('train', train_per_class), ('val', val_per_class)):
+    for k, name in enumerate(COLOUR_CLASSES):
+      os.makedirs(os.path.join(root, split, name))
+      for i in range(count):
+        colour = np.zeros(3)
+        colour[k] = 200
+        image = colour + rng.normal(0, 20, (40, 40, 3))
+        png = tf.io.encode_png(np.clip(image, 0, 255).astype(np.uint8))
+        tf.io.write_file(os.path.join(root, split, name, f'{i}.png'), png)
+  return root

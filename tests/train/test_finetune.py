@@ -18,6 +18,7 @@ import se_flax
 from se_flax.train import config as config_lib
 from se_flax.train import finetune, loop, optim, steps
 
+from tests.data import helpers as data_helpers
 from tests.train.helpers import ROOT, assert_trees_equal, read_metrics
 from tests.train.tiny_config import tiny_config
 
@@ -302,26 +303,6 @@ def test_freeze_stages_needs_a_staged_network():
     config_lib.validate_config(config)
 
 
-_CLASSES = ('cat', 'dog', 'emu')
-
-
-def _image_folder(root, train_per_class=16, val_per_class=5):
-  """ROOT/{train,val}/<class>/*.png: a flat colour per class, plus noise."""
-  import tensorflow as tf  # Only the folder source and this test need it.
-
-  rng = np.random.default_rng(0)
-  for split, count in (('train', train_per_class), ('val', val_per_class)):
-    for k, name in enumerate(_CLASSES):
-      os.makedirs(os.path.join(root, split, name))
-      for i in range(count):
-        colour = np.zeros(3)
-        colour[k] = 200
-        image = colour + rng.normal(0, 20, (40, 40, 3))
-        png = tf.io.encode_png(np.clip(image, 0, 255).astype(np.uint8))
-        tf.io.write_file(os.path.join(root, split, name, f'{i}.png'), png)
-  return root
-
-
 def _finetune_config(root, source, **overrides):
   fields = dict(
       init_from=source,
@@ -351,7 +332,7 @@ def test_finetune_run_learns_and_resumes_bitwise(tmp_path, caplog):
   caplog.set_level(logging.INFO)
   source = str(tmp_path / 'pretrained')
   loop.train_and_evaluate(tiny_config(num_train_steps=2), source)  # 10 classes
-  root = _image_folder(str(tmp_path / 'images'))
+  root = data_helpers.write_colour_folder(str(tmp_path / 'images'))
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
 
   full = loop.train_and_evaluate(_finetune_config(root, source), straight)
@@ -367,7 +348,7 @@ def test_finetune_run_learns_and_resumes_bitwise(tmp_path, caplog):
   assert _loss_at(straight, 8) < 0.7 * _loss_at(straight, 2)
   assert full.eval_metrics['eval/num_examples'] == 15
   with open(os.path.join(straight, 'label_names.json')) as f:
-    assert json.load(f) == list(_CLASSES)
+    assert json.load(f) == list(data_helpers.COLOUR_CLASSES)
 
   loop.train_and_evaluate(
       _finetune_config(root, source, num_train_steps=4), resumed
