@@ -15,9 +15,10 @@ re-initialised. A restart resumes from the workdir's checkpoint and does
 not read `init_from` again.
 
 Transfer options: `backbone_lr_multiplier` (here the backbone learns at a
-tenth of the head's rate), `freeze_stages=N` (the stem and stages 1..N get
-no updates), `freeze_bn_stats=True` (BN keeps the pretrained statistics;
-useful for small batches).
+tenth of the head's rate), `freeze_stages=N` (the stem and stage1_..stageN_
+get no parameter updates; their BN statistics still move unless
+`freeze_bn_stats`), `freeze_bn_stats=True` (BN keeps the pretrained
+statistics; useful for small batches).
 """
 
 from se_flax.train.config import base_config

@@ -59,6 +59,9 @@ def probabilities(
     raise ValueError(
         'These weights have no classifier (loaded with a new num_classes)'
     )
+  if not len(images):  # pylint: disable=g-explicit-length-test
+    num_classes = np.shape(pretrained.variables['params']['fc']['kernel'])[-1]
+    return np.zeros((0, num_classes), np.float32)
   out = []
   for start in range(0, len(images), batch_size):
     x = preprocess.eval_batch(
@@ -151,7 +154,8 @@ def main(argv=None) -> int:
         top_k=args.top_k,
         use_test_size=not args.train_size,
     )
-  except (FileNotFoundError, ValueError, ImportError) as e:
+  # OSError: also the Hub client's HTTP and connection errors.
+  except (OSError, ValueError, ImportError, NotImplementedError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   done = time.perf_counter()

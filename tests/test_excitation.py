@@ -339,6 +339,26 @@ def test_pretrained_weights_on_a_folder_count_the_folders_classes(
   assert "Unknown class 'goldfish' (the dataset has 3 named classes)" in (
       capsys.readouterr().err
   )
+  with pytest.raises(SystemExit) as e:
+    main(args + ['--output', str(tmp_path / 'o3'), '--classes', '7'])
+  assert "Unknown class '7' (the dataset has 3" in capsys.readouterr().err
+  no_val = tmp_path / 'no_val'
+  os.rename(os.path.join(root, 'val'), str(tmp_path / 'val_aside'))
+  with pytest.raises(SystemExit) as e:
+    main(
+        [
+            '--pretrained',
+            tiny_se_workdir,
+            '--folder',
+            root,
+            '--output',
+            str(no_val),
+        ]
+    )
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and 'val' in err, err
+  assert not no_val.exists()
 
 
 @pytest.mark.slow  # Trains a second run (~8 s); the API's error is default.

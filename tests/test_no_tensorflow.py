@@ -36,3 +36,26 @@ def test_models_conversion_and_training_code_do_not_import_tensorflow():
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('ok')
+
+
+def test_models_pretrained_and_predict_import_without_training_packages():
+  """`pip install se_flax[pretrained]` has neither ml_collections, optax
+  nor Orbax: the package, its loaders and predict must import without."""
+  blocked = ('ml_collections', 'optax', 'orbax', 'tensorflow', 'clu')
+  program = (
+      'import sys\n'
+      f'for name in {blocked!r}: sys.modules[name] = None\n'
+      'import se_flax, se_flax.predict\n'
+      'from se_flax.pretrained import load, preprocess\n'
+      'from se_flax.analysis import gates, statistics\n'
+      "se_flax.create_model('seresnet_tiny', num_classes=3)\n"
+      "print('ok')\n"
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', program],
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith('ok')

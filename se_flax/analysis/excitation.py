@@ -113,15 +113,24 @@ def _dataset_labels(inputs, pretrained_config):
   return names, descriptions or _descriptions_for(names)
 
 
-def _classes_to_plot(wanted: Optional[str], names, descriptions) -> list[int]:
+def _classes_to_plot(
+    wanted: Optional[str], names, descriptions, num_classes: int
+) -> list[int]:
   """--classes, else the paper's four where they resolve, else 0..3."""
   if wanted:
-    return resolve_classes(wanted.split(','), names, descriptions)
-  try:
-    return resolve_classes(_PAPER_CLASSES, names, descriptions)
-  except ValueError:
-    num = len(names) if names else 4
-    return list(range(min(4, num)))
+    ids = resolve_classes(wanted.split(','), names, descriptions)
+  else:
+    try:
+      ids = resolve_classes(_PAPER_CLASSES, names, descriptions)
+    except ValueError:
+      ids = list(range(min(4, num_classes)))
+  outside = [k for k in ids if not 0 <= k < num_classes]
+  if outside:
+    raise ValueError(
+        f'Class id(s) {outside} out of range: the dataset has {num_classes} '
+        'classes'
+    )
+  return ids
 
 
 # -- the command -----------------------------------------------------------------
@@ -144,6 +153,11 @@ def _parse_args(argv):
       '--pretrained',
       help='anything se_flax.load_pretrained takes (a timm tag, a file); '
       'needs a dataset option below',
+  )
+  parser.add_argument(
+      '--model-name',
+      help='with --pretrained FILE (.safetensors/.pth): its architecture or '
+      'timm tag, e.g. seresnet50.a1_in1k',
   )
   parser.add_argument('--output', required=True, help='directory to write')
   parser.add_argument(
@@ -181,7 +195,11 @@ def _parse_args(argv):
       "data (default with --workdir: the run's eval split)"
   )
   data.add_argument('--config', help='a config file whose `data` is used')
-  data.add_argument('--folder', help='image folder ROOT (val/<class>/*)')
+  data.add_argument(
+      '--folder',
+      help='image folder ROOT (ROOT/train|val/<class>/*, as for training; '
+      'val/ is analysed)',
+  )
   data.add_argument('--tfds-data-dir', help='TFDS data_dir with imagenet2012')
   data.add_argument(
       '--synthetic',
@@ -252,8 +270,10 @@ def _write_tensorboard(directory, images: dict) -> bool:
     writer = metric_writers.SummaryWriter(directory)
   except ImportError:
     return False
-  writer.write_images(0, {k: v[None] for k, v in images.items()})
-  writer.close()
+  try:
+    writer.write_images(0, {k: v[None] for k, v in images.items()})
+  finally:
+    writer.close()
   return True
 
 
@@ -271,7 +291,7 @@ def main(argv=None) -> int:
 
   source = args.workdir or args.pretrained
   try:
-    loaded = pretrained_lib.load_pretrained(source)
+    loaded = pretrained_lib.load_pretrained(source, model_name=args.model_name)
     config = _data_config(args, loaded)
     size = config.data.eval_image_size or config.data.image_size
     available = se_layers(loaded.model, loaded.variables, (size, size, 3))
@@ -283,11 +303,13 @@ def main(argv=None) -> int:
 
   from se_flax.train.inputs import create_inputs
 
-  inputs = create_inputs(config)
-  names, descriptions = _dataset_labels(inputs, loaded.config)
-  try:
-    classes = _classes_to_plot(args.classes, names, descriptions)
-  except ValueError as e:
+  try:  # Data errors (a bad folder, no prepared dataset) name their path.
+    inputs = create_inputs(config)
+    names, descriptions = _dataset_labels(inputs, loaded.config)
+    classes = _classes_to_plot(
+        args.classes, names, descriptions, inputs.num_classes
+    )
+  except (ValueError, FileNotFoundError) as e:
     parser.exit(2, f'error: {e}\n')
   start = time.perf_counter()
   stats = excitation_statistics(

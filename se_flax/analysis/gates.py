@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from se_flax.analysis.statistics import GateStatistics, LayerStatistics
-from se_flax.data.config import MEAN_RGB, STDDEV_RGB
+from se_flax.constants import MEAN_RGB, STDDEV_RGB
 from se_flax.models import resnet
 from se_flax.train import sharding
 

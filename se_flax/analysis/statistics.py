@@ -1,6 +1,6 @@
 """Per-class, per-channel SE gate statistics on the host (numpy only).
 
-`GateStatistics` holds what `excitation.excitation_statistics` streamed:
+`GateStatistics` holds what `gates.excitation_statistics` streamed:
 for every SE layer and class, the count, mean, M2 (sum of squared
 deviations), min and max of each channel's gate, optionally a fixed-bin
 histogram for quantiles. Classes without examples have count 0 and NaN

@@ -6,9 +6,8 @@ number the input pipeline varies lives here; `pipeline.py` reads nothing else.
 
 import ml_collections
 
-# ImageNet statistics on the [0, 1] scale, RGB order (torchvision / timm).
-MEAN_RGB = (0.485, 0.456, 0.406)
-STDDEV_RGB = (0.229, 0.224, 0.225)
+# Re-exported: configs and the pipeline import them from here.
+from se_flax.constants import MEAN_RGB, STDDEV_RGB  # pylint: disable=unused-import
 
 
 def default_data_config() -> ml_collections.ConfigDict:

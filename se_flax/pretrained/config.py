@@ -7,7 +7,7 @@ table of timm tags, or from a training workdir's data config.
 import dataclasses
 from typing import Any, Mapping, Optional
 
-from se_flax.data.config import MEAN_RGB, STDDEV_RGB
+from se_flax.constants import MEAN_RGB, STDDEV_RGB
 
 # timm's defaults for a field its pretrained_cfg leaves out.
 _DEFAULT_CROP_PCT = 0.875

@@ -264,6 +264,8 @@ def _from_timm_directory(path: str, model_name) -> _Loaded:
   else:
     arch, cfg = _resolve_model_name(model_name, path)
   variables = _convert(convert.load_state_dict(weights[0]), arch, weights[0])
+  # The weights' class count, not the tag's (e.g. a fine-tuned head).
+  cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
   return _Loaded(arch, variables, _with_imagenet_labels(cfg), path)
 
 

@@ -97,7 +97,10 @@ def base_config() -> ml_collections.ConfigDict:
   # BN normalises with its running statistics in training too and never
   # updates them (PyTorch's bn.eval()); scale and bias still train.
   c.freeze_bn_stats = False
-  # N > 0: the stem and stages 1..N get no updates (nor decay, momentum).
+  # N > 0: the stem and the network's stage<k>_ modules with k <= N get no
+  # parameter updates (nor decay, momentum); numbering is the family's own
+  # (ResNets: stage1_..stage4_). Their BN statistics still update unless
+  # freeze_bn_stats.
   c.freeze_stages = 0
   # A step with a non-finite loss, gradient or new state is never applied:
   # 'skip' it (counted in train/skipped_steps) | 'stop' the run within
