@@ -32,6 +32,14 @@ def test_feature_info_is_timms(name):
   assert list(reference.feature_info.out_indices) == list(range(len(expected)))
 
 
+def _timm_outputs(model, features_model, x):
+  """(features_only maps as NHWC numpy, pooled pre-logits) of timm."""
+  with torch.no_grad():
+    maps = [m.numpy().transpose(0, 2, 3, 1) for m in features_model(x)]
+    pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+  return maps, pooled.numpy()
+
+
 @pytest.mark.parametrize(
     'name,size,out_indices',
     [
@@ -49,11 +57,7 @@ def test_features_only_outputs_match(name, size, out_indices):
   ).eval()
   reference.load_state_dict({k: state[k] for k in reference.state_dict()})
   x = torch.randn(2, 3, size, size)
-  with torch.no_grad():
-    expected = [m.numpy().transpose(0, 2, 3, 1) for m in reference(x)]
-    expected_pooled = model.forward_head(
-        model.forward_features(x), pre_logits=True
-    ).numpy()
+  expected, expected_pooled = _timm_outputs(model, reference, x)
 
   variables = convert.from_timm({k: v.numpy() for k, v in state.items()}, name)
   net = se_flax.create_model(name)
@@ -97,11 +101,7 @@ def test_other_backbones_match_features_only(name, size):
       for d in reference.feature_info.get_dicts()
   ]
   x = torch.randn(2, 3, size, size)
-  with torch.no_grad():
-    expected = [m.numpy().transpose(0, 2, 3, 1) for m in reference(x)]
-    expected_pooled = model.forward_head(
-        model.forward_features(x), pre_logits=True
-    ).numpy()
+  expected, expected_pooled = _timm_outputs(model, reference, x)
   variables = convert.from_timm({k: v.numpy() for k, v in state.items()}, name)
   net = se_flax.create_model(name)
   parts = jax.jit(

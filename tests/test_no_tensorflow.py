@@ -27,15 +27,20 @@ print('ok')
 """
 
 
-def test_models_conversion_and_training_code_do_not_import_tensorflow():
+def _runs_ok(program: str) -> None:
+  """Runs `program` in a fresh interpreter; it must print 'ok' last."""
   out = subprocess.run(
-      [sys.executable, '-c', _PROGRAM],
+      [sys.executable, '-c', program],
       capture_output=True,
       text=True,
       timeout=300,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('ok')
+
+
+def test_models_conversion_and_training_code_do_not_import_tensorflow():
+  _runs_ok(_PROGRAM)
 
 
 def test_models_pretrained_and_predict_import_without_training_packages():
@@ -51,11 +56,4 @@ def test_models_pretrained_and_predict_import_without_training_packages():
       "se_flax.create_model('seresnet_tiny', num_classes=3)\n"
       "print('ok')\n"
   )
-  out = subprocess.run(
-      [sys.executable, '-c', program],
-      capture_output=True,
-      text=True,
-      timeout=300,
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert out.stdout.strip().endswith('ok')
+  _runs_ok(program)
