@@ -59,9 +59,8 @@ def probabilities(
     raise ValueError(
         'These weights have no classifier (loaded with a new num_classes)'
     )
-  if not len(images):  # pylint: disable=g-explicit-length-test
-    num_classes = np.shape(pretrained.variables['params']['fc']['kernel'])[-1]
-    return np.zeros((0, num_classes), np.float32)
+  if len(images) == 0:  # pylint: disable=g-explicit-length-test
+    return np.zeros((0, pretrained.model.num_classes), np.float32)
   out = []
   for start in range(0, len(images), batch_size):
     x = preprocess.eval_batch(

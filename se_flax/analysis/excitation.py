@@ -213,15 +213,11 @@ def _parse_args(argv):
 
 def _run_config(workdir: Optional[str]):
   """A workdir's stored config (its data fields), else base_config()."""
-  import json
-  import os
-
   from se_flax.train import config as train_config
 
   if workdir is None:
     return train_config.base_config()
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    return train_config.from_stored(json.load(f))
+  return train_config.load_stored(workdir)
 
 
 def _data_config(args, pretrained):

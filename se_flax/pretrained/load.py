@@ -141,8 +141,10 @@ class _Loaded:
   build: Optional[Callable[[int, dict], nn.Module]] = None
 
 
-def _with_imagenet_labels(cfg: config_lib.PretrainedConfig):
-  """timm's ImageNet-1k tags carry no names: the package's are theirs."""
+def _fitted_to(cfg: config_lib.PretrainedConfig, variables):
+  """cfg with the weights' class count (a tag's may be another head's);
+  timm's ImageNet-1k tags carry no names: the package's are theirs."""
+  cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
   if cfg.label_names is None and cfg.num_classes == 1000:
     return dataclasses.replace(
         cfg,
@@ -205,7 +207,7 @@ def _from_hub(source: str, revision, cache_dir) -> _Loaded:
     raise first_error
   variables = _convert(convert.load_state_dict(weights), arch, weights)
   where = f'hf-hub:{repo_id}' + (f'@{revision}' if revision else '')
-  return _Loaded(arch, variables, _with_imagenet_labels(cfg), where)
+  return _Loaded(arch, variables, _fitted_to(cfg, variables), where)
 
 
 def _read_hub_config(path: str, where: str):
@@ -264,9 +266,7 @@ def _from_timm_directory(path: str, model_name) -> _Loaded:
   else:
     arch, cfg = _resolve_model_name(model_name, path)
   variables = _convert(convert.load_state_dict(weights[0]), arch, weights[0])
-  # The weights' class count, not the tag's (e.g. a fine-tuned head).
-  cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
-  return _Loaded(arch, variables, _with_imagenet_labels(cfg), path)
+  return _Loaded(arch, variables, _fitted_to(cfg, variables), path)
 
 
 def _from_file(path: str, model_name) -> _Loaded:
@@ -279,8 +279,7 @@ def _from_file(path: str, model_name) -> _Loaded:
     )
   arch, cfg = _resolve_model_name(model_name, path)
   variables = _convert(convert.load_state_dict(path), arch, path)
-  cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
-  return _Loaded(arch, variables, _with_imagenet_labels(cfg), path)
+  return _Loaded(arch, variables, _fitted_to(cfg, variables), path)
 
 
 def _from_export(path: str, model_name) -> _Loaded:
@@ -345,10 +344,6 @@ def _from_workdir(workdir: str) -> _Loaded:
   from se_flax.train import checkpoint
   from se_flax.train import config as train_config
 
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{workdir} has checkpoints but no config.json')
-  with open(path, encoding='utf-8') as f:
-    config = train_config.from_stored(json.load(f))
+  config = train_config.load_stored(workdir)
   variables = checkpoint.load_variables(workdir)
   return _from_run(config, variables, _read_label_names(workdir), workdir)

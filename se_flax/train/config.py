@@ -190,6 +190,18 @@ def from_stored(stored: dict) -> ml_collections.ConfigDict:
   return config
 
 
+def load_stored(workdir: str) -> ml_collections.ConfigDict:
+  """`from_stored` of a training workdir's config.json."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} has no config.json (not a run?)')
+  with open(path, encoding='utf-8') as f:
+    return from_stored(json.load(f))
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
   """The registry model with the config's overrides (validated there)."""
   m = config.model
