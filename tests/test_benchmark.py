@@ -119,6 +119,8 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
   assert ratios == {('train', *labels)}
 
 
+# ~1 min; the CLI in a fresh process is test_se_overhead_mode_cli_*.
+@pytest.mark.slow
 def test_each_path_runs_in_its_own_process_tuned_or_not(monkeypatch):
   # The tuned worker configures itself as train.py does; the untuned one
   # is left as Python starts (its environment must not carry flags this

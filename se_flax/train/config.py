@@ -102,9 +102,10 @@ def base_config() -> ml_collections.ConfigDict:
   # (ResNets: stage1_..stage4_). Their BN statistics still update unless
   # freeze_bn_stats.
   c.freeze_stages = 0
-  # A step with a non-finite loss, gradient or new state is never applied:
-  # 'skip' it (counted in train/skipped_steps) | 'stop' the run within
-  # loop.NONFINITE_MAX_LAG steps, saving nothing after it.
+  # A step with a non-finite loss, gradient or new state (or one whose
+  # squared norm overflows float32) is never applied: 'skip' it (counted
+  # in train/skipped_steps) | 'stop' the run within nonfinite.MAX_LAG
+  # steps, saving nothing after it.
   c.nonfinite = 'skip'
 
   c.log_every_steps = 100

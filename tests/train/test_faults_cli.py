@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 import se_flax
 from se_flax.train import checkpoint, loop
@@ -71,6 +72,9 @@ def _saving(workdir):
   return any('tmp' in n for n in names) and any(n.isdigit() for n in names)
 
 
+# ~2 min; damaged and half-written checkpoints are also
+# test_corrupt_checkpoints_are_skipped_moved_aside_or_refused.
+@pytest.mark.slow
 def test_kill_9_during_a_save_then_resume_is_bitwise_identical(tmp_path):
   straight = str(tmp_path / 'straight')
   loop.train_and_evaluate(tiny_config(**_EVERY_STEP), straight)

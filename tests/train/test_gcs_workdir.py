@@ -162,6 +162,8 @@ def _train(env, workdir, *overrides, timeout=300):
   )
 
 
+# ~1 min; the gs:// lock against the same server stays in the default run.
+@pytest.mark.slow
 def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
   env, bucket = gcs
   workdir = f'gs://{_BUCKET}/runs/tiny'

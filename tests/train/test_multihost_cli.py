@@ -153,6 +153,8 @@ def test_processes_that_see_different_workdirs_fail_together(tmp_path):
     assert 'shared filesystem' in last
 
 
+# ~1 min; multi-process SIGTERM is also test_faults_cli's two-SIGTERM test.
+@pytest.mark.slow
 def test_slurm_detection_one_process_per_gpu_and_sigterm(tmp_path):
   """srun's environment alone starts the run (JAX's SLURM detection, no
   distributed flags); by default each task gets the GPU of its
@@ -224,6 +226,10 @@ def _assert_readable_log(stderr):
   assert not [l for l in lines if re.match(r'W\d{4} ', l)], stderr[-3000:]
 
 
+# ~3 min on 2 cores; by default 2-process train.py is
+# test_two_train_py_processes_resume_past_damage_and_match_one and TFDS
+# resume is test_loop_tfds.
+@pytest.mark.slow
 def test_two_train_py_processes_through_tfds_resume_bitwise(tmp_path):
   """The TFDS pipeline, 2 processes (each reads its own half of every
   split): exact eval count, and a run stopped and resumed across an epoch

@@ -82,6 +82,8 @@ def test_eight_devices_match_one_device():
   np.testing.assert_allclose(m1['loss'], m8['loss'], rtol=1e-5)
 
 
+# ~30 s; a training option for pmap-era BN semantics.
+@pytest.mark.slow
 def test_bn_groups_normalise_per_group():
   """bn_groups=2 on a batch made of two different halves differs from
   global BN, equals running each half separately with global BN, and its
@@ -164,6 +166,23 @@ def test_nonfinite_optimizer_state_is_never_applied():
   fresh, _ = _setup(config, mesh)
   stepped, ok = fn(fresh, batch)
   assert bool(ok['finite']) and int(stepped.skipped_steps) == 0
+
+
+def test_squared_norm_flags_every_non_finite_leaf_and_only_overflow_besides():
+  tree = {
+      'w': jnp.ones((3, 2)),
+      'b': jnp.zeros(4, jnp.bfloat16),
+      'count': jnp.array(7, jnp.int32),  # Not floating point: not counted.
+  }
+  assert float(steps.squared_norm(tree)) == 6.0
+  assert float(steps.squared_norm({'n': None, 'i': jnp.int32(1)})) == 0.0
+  for bad in (jnp.nan, jnp.inf, -jnp.inf):
+    for leaf in ('w', 'b'):
+      hurt = dict(tree, **{leaf: tree[leaf].at[0].set(bad)})
+      assert not np.isfinite(float(steps.squared_norm(hurt))), (bad, leaf)
+  # Finite, but beyond float32's squares: counted as a diverged tree.
+  assert not np.isfinite(float(steps.squared_norm({'w': jnp.full(2, 2e19)})))
+  assert np.isfinite(float(steps.squared_norm({'w': jnp.full(2, 1e18)})))
 
 
 def test_ema_tracks_params():
