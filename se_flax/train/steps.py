@@ -89,9 +89,9 @@ def _forward_train(
 def squared_norm(tree) -> jax.Array:
   """Sum of squares of the floating-point leaves of `tree` (float32 scalar).
 
-  Finite iff every leaf is finite and no square or sum overflows float32
-  (all |x| below ~1.8e19); a cheaper whole-tree check than an isfinite
-  pass when the norm is needed anyway.
+  Finite iff every leaf is finite and the sum of squares fits in float32
+  (any |x| beyond ~1.8e19 overflows it): one pass per leaf, a whole-tree
+  check that costs nothing extra where the norm is logged anyway.
   """
   leaves = [
       x
