@@ -119,7 +119,8 @@ def test_se_overhead_mode_cli_without_tensorflow(tmp_path):
   assert ratios == {('train', *labels)}
 
 
-# ~1 min; the CLI in a fresh process is test_se_overhead_mode_cli_*.
+# ~1 min; by default the CLI runs in a fresh process in
+# test_se_overhead_mode_cli_*, a worker in test_side_by_side_mode_*.
 @pytest.mark.slow
 def test_each_path_runs_in_its_own_process_tuned_or_not(monkeypatch):
   # The tuned worker configures itself as train.py does; the untuned one

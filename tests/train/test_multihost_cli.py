@@ -153,8 +153,6 @@ def test_processes_that_see_different_workdirs_fail_together(tmp_path):
     assert 'shared filesystem' in last
 
 
-# ~1 min; multi-process SIGTERM is also test_faults_cli's two-SIGTERM test.
-@pytest.mark.slow
 def test_slurm_detection_one_process_per_gpu_and_sigterm(tmp_path):
   """srun's environment alone starts the run (JAX's SLURM detection, no
   distributed flags); by default each task gets the GPU of its
