@@ -10,12 +10,13 @@ the median, as in `python -m se_flax.benchmark`.
 
   python tools/compare_train_py_with_timm.py \\
       --torch_python /path/to/venv-with-torch-and-timm/bin/python \\
-      [--rounds 3 --steps 13 --log_every 4 --batch 16 --model seresnet50]
+      [--rounds 3 --steps 12 --log_every 4 --batch 16 --model seresnet50]
 
-The first window of each run holds the compiling step and is dropped, so
-`--steps` 13 with `--log_every` 4 times 3 windows of 4 steps (the window
-ending at step 4 times steps 2-4). Extra `--config.*` overrides go after
-`--`. Needs no TensorFlow (the synthetic config).
+The first window of each run holds the compiling step and is dropped;
+the rest are weighted by their steps (the stopwatch time of those steps),
+and timm runs as many. `--steps` 12 with `--log_every` 4 times steps 5-12.
+Extra `--config.*` overrides go after `--`. Needs no TensorFlow (the
+synthetic config).
 """
 
 import argparse
@@ -33,19 +34,21 @@ from se_flax.benchmark import workers  # pylint: disable=wrong-import-position
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
 
-def logged_step_seconds(workdir: str) -> list:
-  """`train/step_time_ms` of every window but the first, in seconds."""
+def logged_windows(workdir: str) -> list:
+  """`(steps, seconds per step)` of every logged window but the first
+  (it holds the compiling step), from `train/step_time_ms`."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  windows = [
-      r['train/step_time_ms'] / 1e3 for r in rows if 'train/step_time_ms' in r
-  ]
-  if len(windows) < 2:
+  rows = [r for r in rows if 'train/step_time_ms' in r]
+  if len(rows) < 2:
     raise SystemExit(
-        f'{workdir}: {len(windows)} logged window(s); need 2 or more '
+        f'{workdir}: {len(rows)} logged window(s); need 2 or more '
         '(raise --steps or lower --log_every)'
     )
-  return windows[1:]
+  return [
+      (row['step'] - previous['step'], row['train/step_time_ms'] / 1e3)
+      for previous, row in zip(rows, rows[1:])
+  ]
 
 
 def run_train_py(args, extra) -> list:
@@ -70,7 +73,7 @@ def run_train_py(args, extra) -> list:
     raise SystemExit(
         f'train.py failed ({done.returncode}):\n{done.stderr[-3000:]}'
     )
-  return logged_step_seconds(workdir)
+  return logged_windows(workdir)
 
 
 def main():
@@ -82,7 +85,7 @@ def main():
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--dtype', default='float32')
   parser.add_argument('--rounds', type=int, default=3)
-  parser.add_argument('--steps', type=int, default=13)
+  parser.add_argument('--steps', type=int, default=12)
   parser.add_argument('--log_every', type=int, default=4)
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
@@ -95,19 +98,21 @@ def main():
       kinds=('train',),
       python=args.torch_python,
   )
-  timed = args.steps - args.log_every  # What train.py's later windows time.
   ratios = []
   try:
     for round_ in range(args.rounds):
       windows = run_train_py(args, extra)
-      ours = statistics.median(windows)
-      answer = timm_worker.request(kind='train', steps=timed)
-      theirs = answer['wall_s'] / timed
+      steps = sum(n for n, _ in windows)
+      # The stopwatch time of those steps: windows weighted by their steps.
+      ours = sum(n * seconds for n, seconds in windows) / steps
+      answer = timm_worker.request(kind='train', steps=steps)
+      theirs = answer['wall_s'] / steps
       ratios.append(ours / theirs)
+      shown = ', '.join(f'{n} x {seconds:.3f}' for n, seconds in windows)
       print(
-          f'round {round_}: train.py step {ours:.3f} s (windows '
-          f'{", ".join(f"{w:.3f}" for w in windows)}); timm {theirs:.3f} s '
-          f'over {timed} steps; time ratio {ours / theirs:.3f}',
+          f'round {round_}: train.py {ours:.3f} s/step over {steps} steps '
+          f'(windows: {shown}); timm {theirs:.3f} s/step; time ratio '
+          f'{ours / theirs:.3f}',
           flush=True,
       )
   finally:
