@@ -52,7 +52,12 @@ def logged_windows(workdir: str) -> list:
 
 
 def run_train_py(args, extra) -> list:
-  workdir = tempfile.mkdtemp(prefix='train_py_vs_timm_')
+  # Removed afterwards: each run's final checkpoint is hundreds of MB.
+  with tempfile.TemporaryDirectory(prefix='train_py_vs_timm_') as workdir:
+    return _logged_run(args, extra, workdir)
+
+
+def _logged_run(args, extra, workdir: str) -> list:
   command = [
       args.python,
       os.path.join(ROOT, 'train.py'),

@@ -8,7 +8,9 @@ Durations are in epochs (converted to steps in code, from the dataset size
 and the global batch), so `--config.batch_size=...` keeps them right.
 """
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -193,9 +195,6 @@ def from_stored(stored: dict) -> ml_collections.ConfigDict:
 
 def load_stored(workdir: str) -> ml_collections.ConfigDict:
   """`from_stored` of a training workdir's config.json."""
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} has no config.json (not a run?)')
