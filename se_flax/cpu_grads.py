@@ -3,13 +3,15 @@
 `layers` uses these only under `layers.use_cpu_rules()` (the 'auto'
 setting on the CPU backend, decided at trace time: `layers/rules.py`);
 otherwise plain Flax/XLA layers and JAX's own derivatives. Each
-function returns exactly what the plain version returns (forward bit for
-bit) and its gradient equals JAX's to float rounding
-(tests/test_cpu_grads.py, tests/test_layers.py). `matmul` and
-`batch_norm_train` are `jax.custom_vjp` (reverse mode only: `layer_rules('off')`
-does without them); `max_pool` is a `jax.custom_jvp`, so both
-modes work. Measurements: PERFORMANCE.md, "1x1 weight gradients", "Max
-pooling's gradient" and "BatchNorm's closed-form gradient".
+function returns what the plain version returns (forward bit for bit,
+except BatchNorm + SE, equal to float rounding: it sums per sample first)
+and its gradient equals JAX's to float rounding (tests/test_cpu_grads.py,
+tests/test_layers.py). `matmul`, `batch_norm_train`, `batch_norm_squeeze`
+and `batch_norm_gated` are `jax.custom_vjp` (reverse mode only:
+`layer_rules('off')` does without them); `max_pool` is a
+`jax.custom_jvp`, so both modes work. Measurements: PERFORMANCE.md, "1x1
+weight gradients", "Max pooling's gradient", "BatchNorm's closed-form
+gradient" and "BatchNorm and SE in one pass".
 """
 
 import functools
@@ -218,3 +220,135 @@ def _batch_norm_bwd(epsilon, res, g):
 
 
 batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+# BatchNorm followed by SE's squeeze and scale (a bottleneck's last BN and
+# its SE unit). Composed, XLA's CPU backend reads the BN input once more
+# for the squeeze and, in the gradient, once more for the gate's reduction
+# sum_hw(g * y), besides BN's own reductions. Here one per-sample sum over
+# H, W gives both BN's batch mean and the squeeze (the per-sample mean of
+# BN's affine output is that map applied to the per-sample mean of x), and
+# in the gradient the per-sample sums of g and g * x give the gate's
+# gradient and BN's two reductions at once. PERFORMANCE.md, "BatchNorm and
+# SE in one pass".
+
+_HW = (1, 2)
+
+
+def _at_least_f32(dtype):
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def sample_stats(
+    x: jax.Array,
+) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """`(sums, mean, var)` of NHWC `x`, at least float32: `sums` `(N, C)` over
+  H, W per sample; `mean`, `var` `(C,)` as `batch_stats` (equal to float
+  rounding; the mean is summed per sample first)."""
+  x = x.astype(_at_least_f32(x.dtype))
+  sums = x.sum(_HW)
+  mean = sums.sum(0) / (x.size // x.shape[-1])
+  var = jnp.maximum(0.0, lax.square(x).mean(_SPATIAL) - lax.square(mean))
+  return sums, mean, var
+
+
+def _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon):
+  return (sums / hw - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_squeeze(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
+) -> jax.Array:
+  """`batch_norm_train(x, ...)` averaged over H and W: `(N, C)`, float32
+  for float32 or half-precision x (SE's squeeze of the BN output)."""
+  sums, mean, var = sample_stats(x)
+  hw = x.shape[1] * x.shape[2]
+  return _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon)
+
+
+def _squeeze_fwd(x, scale, bias, epsilon):
+  sums, mean, var = sample_stats(x)
+  hw = x.shape[1] * x.shape[2]
+  z = _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon)
+  return z, (x, sums, mean, var, scale)
+
+
+def _squeeze_bwd(epsilon, res, g_z):
+  # A cotangent g_z on the spatial mean is g_z / HW on every position of
+  # the BN output; BN's closed-form gradient follows with its two sums
+  # taken from (N, C) arrays instead of full-size ones.
+  x, sums, mean, var, scale = res
+  count = x.size // x.shape[-1]
+  hw = x.shape[1] * x.shape[2]
+  inv = lax.rsqrt(var + epsilon)
+  f32 = _at_least_f32(x.dtype)
+  g_z = g_z.astype(f32)
+  sum_g = g_z.sum(0)
+  d_scale = inv * ((g_z * sums).sum(0) / hw - mean * sum_g)
+  dx = (scale * inv) * (
+      g_z[:, None, None, :] / hw
+      - sum_g / count
+      - (x.astype(f32) - mean) * (inv * d_scale / count)
+  )
+  return (
+      dx.astype(x.dtype),
+      d_scale.astype(scale.dtype),
+      sum_g.astype(scale.dtype),
+  )
+
+
+batch_norm_squeeze.defvjp(_squeeze_fwd, _squeeze_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def batch_norm_gated(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    gate: jax.Array,
+    epsilon: float,
+) -> jax.Array:
+  """`batch_norm_train(x, ...) * gate[:, None, None, :]`: NHWC x, `gate`
+  `(N, C)`; float32 for float32 or half-precision x."""
+  return _gated_fwd(x, scale, bias, gate, epsilon)[0]
+
+
+def _gated_fwd(x, scale, bias, gate, epsilon):
+  _, mean, var = sample_stats(x)
+  y = normalize(x, mean, var, scale, bias, epsilon)
+  # Named so that the benchmark's HLO check finds the SE scale here.
+  with jax.named_scope('se_gate'):
+    out = y * gate[:, None, None, :].astype(y.dtype)
+  return out, (x, mean, var, scale, bias, gate)
+
+
+def _gated_bwd(epsilon, res, g):
+  x, mean, var, scale, bias, gate = res
+  count = x.size // x.shape[-1]
+  inv = lax.rsqrt(var + epsilon)
+  f32 = _at_least_f32(x.dtype)
+  xf, g, gate_f = x.astype(f32), g.astype(f32), gate.astype(f32)
+  # Only reductions of g and g * x over H, W (see _batch_norm_bwd for why
+  # nothing with a per-channel term is reduced); all else is (N, C).
+  sum_hw_g = g.sum(_HW)
+  sum_hw_gx = (g * xf).sum(_HW)
+  # d gate = sum_hw(g * y) with y = (x - mean) * scale * inv + bias.
+  d_gate = (scale * inv) * (sum_hw_gx - mean * sum_hw_g) + bias * sum_hw_g
+  # BN's gradient for the cotangent g * gate of its output.
+  sum_g = (gate_f * sum_hw_g).sum(0)
+  d_scale = inv * ((gate_f * sum_hw_gx).sum(0) - mean * sum_g)
+  dx = (scale * inv) * (
+      g * gate_f[:, None, None, :]
+      - sum_g / count
+      - (xf - mean) * (inv * d_scale / count)
+  )
+  return (
+      dx.astype(x.dtype),
+      d_scale.astype(scale.dtype),
+      sum_g.astype(scale.dtype),
+      d_gate.astype(gate.dtype),
+  )
+
+
+batch_norm_gated.defvjp(_gated_fwd, _gated_bwd)

@@ -4,6 +4,7 @@ Timings are not asserted (they are benchmarks, not tests); the tests check
 that each mode runs end to end on tiny inputs and reports what it claims.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -187,10 +188,14 @@ def test_train_variant_steps_the_real_state():
   assert 'input_output_alias' in v.hlo  # Donated state buffers.
 
 
-def test_se_fusion_detects_a_materialised_scale(full_optimization):
+@pytest.mark.parametrize('scope', ['se', 'bn3/se_gate'])
+def test_se_fusion_detects_a_materialised_scale(full_optimization, scope):
+  # 'se': SqueezeExcite's scale; 'bn3/se_gate': BN and SE as one layer.
   def block(y, s, r, also_return_scaled):
     with jax.named_scope('blk'):
-      with jax.named_scope('se'):
+      with contextlib.ExitStack() as stack:
+        for name in scope.split('/'):
+          stack.enter_context(jax.named_scope(name))
         z = y * s[:, None, None, :]
       out = jax.nn.relu(z + r)
     return (out, z) if also_return_scaled else out

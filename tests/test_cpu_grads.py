@@ -137,3 +137,103 @@ def test_batch_norm_gradient_rule_equals_autodiff(dtype):
           rtol=tol,
           atol=tol * float(jnp.max(jnp.abs(b))),
       )
+
+
+def _bn_se_case(dtype):
+  keys = jax.random.split(jax.random.key(7), 5)
+  x = jax.random.normal(keys[0], (3, 5, 6, 8), dtype) * 2 + 1.5
+  scale = jax.random.uniform(keys[1], (8,), dtype) + 0.5
+  bias = jax.random.normal(keys[2], (8,), dtype)
+  kernel = jax.random.normal(keys[3], (8, 8), dtype)
+  g = jax.random.normal(keys[4], x.shape, dtype)
+  return x, scale, bias, kernel, g
+
+
+def test_batch_norm_squeeze_and_gate_rules_are_se_after_bn_in_float64():
+  # In float64 the rules' algebra (squeeze from per-sample sums, the
+  # shared reductions in the gradient) must match autodiff of the plain
+  # composition to float64 rounding, not just to float32's.
+  with jax.enable_x64(True):
+    args = _bn_se_case(jnp.float64)
+    x, scale, bias, kernel, g = args
+
+    def plain(x, scale, bias, kernel):
+      mean, var = cpu_grads.batch_stats(x)
+      y = cpu_grads.normalize(x, mean, var, scale, bias, 1e-5)
+      gate = jax.nn.sigmoid(y.mean((1, 2)) @ kernel)
+      return jnp.sum(jax.nn.relu(y * gate[:, None, None, :]) * g)
+
+    def fused(x, scale, bias, kernel):
+      squeezed = cpu_grads.batch_norm_squeeze(x, scale, bias, 1e-5)
+      gate = jax.nn.sigmoid(squeezed @ kernel)
+      y = cpu_grads.batch_norm_gated(x, scale, bias, gate, 1e-5)
+      return jnp.sum(jax.nn.relu(y) * g)
+
+    grads = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))(
+        *args[:4]
+    )
+    (v_ref, g_ref), (v, g_got) = grads(plain), grads(fused)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+    for a, b in zip(g_got, g_ref):
+      assert a.dtype == jnp.float64
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+class _BnThenSe(nn.Module):
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x, train):
+    norm = layers.batch_norm(train, dtype=self.dtype)('bn')
+    se = layers.SqueezeExcite(reduction=2, dtype=self.dtype, name='se')
+    return layers.excite_after_norm(norm, se, x)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_excite_after_norm_is_se_of_flax_batch_norm(dtype):
+  x = (jax.random.normal(jax.random.key(1), (4, 6, 7, 8)) * 3 + 1).astype(dtype)
+  r = jax.random.normal(jax.random.key(4), x.shape)
+  module = _BnThenSe(dtype)
+  variables = module.init(jax.random.key(0), x, train=False)
+  variables = jax.tree_util.tree_map(
+      lambda v: v + 0.1 * jax.random.normal(jax.random.key(5), v.shape),
+      variables,
+  )
+
+  def run(train, rules):
+    def loss(params, x):
+      y, state = module.apply(
+          {**variables, 'params': params},
+          x,
+          train,
+          mutable=['batch_stats', 'intermediates'],
+      )
+      return jnp.sum(jax.nn.relu(y.astype(jnp.float32)) * r), (y, state)
+
+    with layers.layer_rules(rules):
+      jaxpr = str(jax.make_jaxpr(loss)(variables['params'], x))
+      f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+      (_, aux), grads = f(variables['params'], x)
+    return jaxpr, aux, grads
+
+  # 'off': nn.BatchNorm, then SqueezeExcite, differentiated by JAX.
+  for train in (False, True):
+    jaxpr, (y, state), grads = run(train, 'auto')
+    _, (y_ref, state_ref), grads_ref = run(train, 'off')
+    assert ('batch_norm_gated' in jaxpr) == train
+    assert ('batch_norm_squeeze' in jaxpr) == train
+    assert y.dtype == y_ref.dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    close = lambda a, b: np.testing.assert_allclose(
+        np.float32(a),
+        np.float32(b),
+        rtol=tol,
+        atol=tol * float(jnp.max(jnp.abs(np.float32(b)))),
+    )
+    if train:
+      close(y, y_ref)
+      jax.tree_util.tree_map(close, state, state_ref)
+      jax.tree_util.tree_map(close, grads, grads_ref)
+    else:  # Eval is the plain composition in both.
+      np.testing.assert_array_equal(y, y_ref)
+    assert state['intermediates']['se']['gate'][0].shape == (4, 8)

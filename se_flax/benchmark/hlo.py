@@ -69,11 +69,22 @@ def _computations(hlo_text: str) -> Dict[str, List[str]]:
   return comps
 
 
+def _se_scale_block(op_name: str) -> Optional[str]:
+  """The block whose SE scale `op_name` is, else None: `<block>/se/mul`
+  (SqueezeExcite's own) or `<block>/<bn>/se_gate/mul` (BN and SE as one
+  layer, `cpu_grads.batch_norm_gated`)."""
+  if op_name.endswith('/se/mul'):
+    return op_name[: -len('/se/mul')]
+  fused = re.match(r'(.*)/[^/]+/se_gate/mul$', op_name)
+  return fused.group(1) if fused else None
+
+
 def se_fusion(hlo_text: str) -> Dict[str, int]:
   """Does XLA fuse each SE scale into its block's residual add?
 
   Reads the optimized HLO. A block's forward SE scale (the full-size
-  multiply named `.../se/mul`, outside any gradient) counts as fused when
+  multiply named `.../se/mul`, or `.../<bn>/se_gate/mul` where BN and SE
+  are one layer, outside any gradient) counts as fused when
   some computation holds it together with the block's residual add
   (`.../add`) and no computation outputs it: the scaled branch never
   reaches memory on its own (what Caffe's fused "Axpy" layer did by hand).
@@ -100,8 +111,8 @@ def se_fusion(hlo_text: str) -> Dict[str, int]:
         roots = [m.group(2)]
     names = {op for op, code, _ in ops.values() if code in ('multiply', 'add')}
     for ins, (op, code, rank) in ops.items():
-      if code == 'multiply' and rank == 4 and op.endswith('/se/mul'):
-        block = op[: -len('/se/mul')]
+      block = _se_scale_block(op) if code == 'multiply' and rank == 4 else None
+      if block is not None:
         blocks.add(block)
         if f'{block}/add' in names:
           with_add.add(block)

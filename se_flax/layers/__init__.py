@@ -32,7 +32,7 @@ from se_flax.layers.rules import (
     layer_rules,
     use_cpu_rules,
 )
-from se_flax.layers.squeeze_excite import SqueezeExcite
+from se_flax.layers.squeeze_excite import SqueezeExcite, excite_after_norm
 
 __all__ = [
     'BN_EPSILON',
@@ -50,6 +50,7 @@ __all__ = [
     'check_layer_rules',
     'check_nhwc',
     'current_layer_rules',
+    'excite_after_norm',
     'factories',
     'global_avg_pool',
     'he_normal',

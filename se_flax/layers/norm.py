@@ -15,6 +15,7 @@ from jax import lax
 from se_flax import cpu_grads
 from se_flax.layers import rules
 from se_flax.layers.common import Dtype, ModuleDef
+from se_flax.layers.pooling import global_avg_pool
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -25,7 +26,9 @@ class BatchNorm(nn.Module):
   (`scale`, `bias`; `batch_stats` `mean`, `var`), the same forward, bit for
   bit; in training with the closed-form gradient of
   `cpu_grads.batch_norm_train`. Models get it from `batch_norm`, and only
-  while `layers.use_cpu_rules()`; otherwise `nn.BatchNorm` itself.
+  while `layers.use_cpu_rules()`; otherwise `nn.BatchNorm` itself. With
+  an `excite` gate (BN then SE, `layers.excite_after_norm`) the training
+  forward equals BN then SE to float rounding (see `__call__`).
 
   Under `jax.jit` over a sharded batch the statistics are those of the
   global batch, so no `axis_name` is needed.
@@ -47,7 +50,15 @@ class BatchNorm(nn.Module):
   scale_init: Callable = nn.initializers.ones
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(
+      self,
+      x: jax.Array,
+      excite: Optional[Callable[[jax.Array], jax.Array]] = None,
+  ) -> jax.Array:
+    """BN of NHWC `x`. With `excite` (e.g. `SqueezeExcite.excite`: the
+    per-sample H, W mean of the output, `(N, C)`, to a gate `(N, C)`) the
+    output is also multiplied by that gate, in training under the CPU rules
+    as one layer (`cpu_grads.batch_norm_gated`)."""
     features = x.shape[-1]
     ra_mean = self.variable(
         'batch_stats', 'mean', jnp.zeros, (features,), jnp.float32
@@ -59,25 +70,43 @@ class BatchNorm(nn.Module):
     bias = self.param(
         'bias', nn.initializers.zeros, (features,), self.param_dtype
     )
-    if self.use_running_average:
-      y = cpu_grads.normalize(
-          x, ra_mean.value, ra_var.value, scale, bias, self.epsilon
-      )
-    else:
-      cpu = rules.use_cpu_rules()
-      # With the CPU rule the gradient comes from batch_norm_train, which
-      # computes the same statistics (XLA computes them once).
-      mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
+    out_dtype = self.dtype or jnp.result_type(x, scale, bias)
+
+    def update_running_stats(mean, var):
       if not self.is_initializing():
         ra_mean.value = (
             self.momentum * ra_mean.value + (1 - self.momentum) * mean
         )
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+
+    cpu = not self.use_running_average and rules.use_cpu_rules()
+    if cpu and excite is not None:
+      # The same statistics as the two rules' forward passes (XLA
+      # computes them once).
+      _, mean, var = cpu_grads.sample_stats(lax.stop_gradient(x))
+      update_running_stats(mean, var)
+      squeezed = cpu_grads.batch_norm_squeeze(x, scale, bias, self.epsilon)
+      gate = excite(squeezed.astype(out_dtype))
+      y = cpu_grads.batch_norm_gated(x, scale, bias, gate, self.epsilon)
+      return y.astype(out_dtype)
+    if self.use_running_average:
+      y = cpu_grads.normalize(
+          x, ra_mean.value, ra_var.value, scale, bias, self.epsilon
+      )
+    else:
+      # With the CPU rule the gradient comes from batch_norm_train, which
+      # computes the same statistics (XLA computes them once).
+      mean, var = cpu_grads.batch_stats(lax.stop_gradient(x) if cpu else x)
+      update_running_stats(mean, var)
       if cpu:
         y = cpu_grads.batch_norm_train(x, scale, bias, self.epsilon)
       else:
         y = cpu_grads.normalize(x, mean, var, scale, bias, self.epsilon)
-    return y.astype(self.dtype or jnp.result_type(x, scale, bias))
+    y = y.astype(out_dtype)
+    if excite is not None:
+      gate = excite(global_avg_pool(y))
+      y = y * gate[:, None, None, :].astype(y.dtype)
+    return y
 
 
 def batch_norm(

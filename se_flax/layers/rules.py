@@ -1,10 +1,10 @@
 """The one switch between plain Flax/XLA layers and the CPU derivative rules.
 
-The rules (`se_flax.cpu_grads`: a matmul-shaped 1x1 convolution gradient
-and a closed-form BatchNorm gradient) make the train step on XLA's CPU
-backend several times faster and compute the same function. Models,
-their fields, converters and checkpoints know nothing of them: the
-layers read this switch when they are traced.
+The rules (`se_flax.cpu_grads`: a matmul-shaped 1x1 convolution gradient,
+a closed-form BatchNorm gradient, BatchNorm and SE as one layer) make the
+train step on XLA's CPU backend several times faster and compute the same
+function. Models, their fields, converters and checkpoints know nothing of
+them: the layers read this switch when they are traced.
 
 - 'auto' (default): the rules on the CPU backend, plain layers elsewhere.
 - 'off': plain layers everywhere (`nn.BatchNorm`, `lax.dot_general` /

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from se_flax.layers.common import Dtype, he_normal, make_divisible
+from se_flax.layers.norm import BatchNorm
 from se_flax.layers.pooling import global_avg_pool
 
 _GATES = {
@@ -61,14 +62,30 @@ class SqueezeExcite(nn.Module):
     )
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(f'SqueezeExcite expects NHWC input, got shape {x.shape}')
+  def excite(self, z: jax.Array) -> jax.Array:
+    """The gate for squeezed features `z`: `(N, C)` (or NHWC for squeeze
+    'none') in, the same shape out, in the compute dtype."""
     if self.gate not in _GATES:
       raise ValueError(
           f'gate must be one of {sorted(_GATES)}, got ' f'{self.gate!r}'
       )
-    channels = x.shape[-1]
+    dense = lambda features, name: nn.Dense(
+        features,
+        use_bias=self.use_bias,
+        kernel_init=he_normal,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name=name,
+    )
+    channels = z.shape[-1]
+    s = self.activation(dense(self.hidden_width(channels), 'fc1')(z))
+    s = _GATES[self.gate](dense(channels, 'fc2')(s))
+    self.sow('intermediates', 'gate', s)
+    return s
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4:
+      raise ValueError(f'SqueezeExcite expects NHWC input, got shape {x.shape}')
     if self.squeeze == 'avg':
       z = global_avg_pool(x)
     elif self.squeeze == 'max':
@@ -79,17 +96,24 @@ class SqueezeExcite(nn.Module):
       raise ValueError(
           f"squeeze must be 'avg', 'max' or 'none', got " f'{self.squeeze!r}'
       )
-    dense = lambda features, name: nn.Dense(
-        features,
-        use_bias=self.use_bias,
-        kernel_init=he_normal,
-        dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        name=name,
-    )
-    s = self.activation(dense(self.hidden_width(channels), 'fc1')(z))
-    s = _GATES[self.gate](dense(channels, 'fc2')(s))
-    self.sow('intermediates', 'gate', s)
+    s = self.excite(z)
     if s.ndim == 2:
       s = s[:, None, None, :]
     return x * s.astype(x.dtype)
+
+
+def excite_after_norm(
+    norm: nn.Module, se: SqueezeExcite, x: jax.Array
+) -> jax.Array:
+  """`se(norm(x))` for NHWC `x`; in training with se_flax's `BatchNorm` and
+  SE's average squeeze, as one layer whose statistics pass also gives the
+  squeeze and whose gradient shares BN's reductions (`cpu_grads`, the
+  same function to float rounding). The variables are those of the two
+  modules, so checkpoints do not change."""
+  if (
+      isinstance(norm, BatchNorm)
+      and not norm.use_running_average
+      and se.squeeze == 'avg'
+  ):
+    return norm(x, excite=se.excite)
+  return se(norm(x))

@@ -62,6 +62,20 @@ class Block(nn.Module):
         else nn.initializers.ones
     )
 
+    # Standard SE right after the branch's last BN: one fused layer in
+    # training (`layers.excite_after_norm`).
+    se_after_bn = (
+        se is not None
+        and self.se_position == 'standard'
+        and not self.relu_before_se
+    )
+
+    def last_bn(name, y):
+      norm = self.norm(name, scale_init=last_bn_init)
+      if se_after_bn:
+        return layers.excite_after_norm(norm, se(name='se'), y)
+      return norm(y)
+
     branch_in = x
     if se is not None and self.se_position == 'pre':
       branch_in = se(name='se')(x)
@@ -81,18 +95,18 @@ class Block(nn.Module):
       if se is not None and self.se_position == '3x3':
         y = se(name='se')(y)
       y = self.conv(out_features, 1, name='conv3')(y)
-      y = self.norm('bn3', scale_init=last_bn_init)(y)
+      y = last_bn('bn3', y)
     else:
       y = self.conv(self.width, 3, self.strides, name='conv1')(branch_in)
       y = nn.relu(self.norm('bn1')(y))
       if se is not None and self.se_position == '3x3':
         y = se(name='se')(y)
       y = self.conv(out_features, 3, name='conv2')(y)
-      y = self.norm('bn2', scale_init=last_bn_init)(y)
+      y = last_bn('bn2', y)
       if self.relu_before_se:
         y = nn.relu(y)
 
-    if se is not None and self.se_position == 'standard':
+    if se is not None and self.se_position == 'standard' and not se_after_bn:
       y = se(name='se')(y)
 
     shortcut = x
