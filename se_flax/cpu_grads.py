@@ -170,8 +170,11 @@ def batch_stats(x: jax.Array) -> Tuple[jax.Array, jax.Array]:
   float32, as Flax's BatchNorm computes them (`E[x^2] - E[x]^2`, >= 0)."""
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   mean = x.mean(_SPATIAL)
-  var = jnp.maximum(0.0, lax.square(x).mean(_SPATIAL) - lax.square(mean))
-  return mean, var
+  return mean, _variance(x, mean)
+
+
+def _variance(x, mean):
+  return jnp.maximum(0.0, lax.square(x).mean(_SPATIAL) - lax.square(mean))
 
 
 def normalize(x, mean, var, scale, bias, epsilon: float):
@@ -194,9 +197,22 @@ def _batch_norm_fwd(x, scale, bias, epsilon):
   return normalize(x, mean, var, scale, bias, epsilon), (x, mean, var, scale)
 
 
+def _input_and_scale_grads(xf, mean, inv, scale, g, sum_g, sum_gx):
+  """BN's closed-form `(dx, d_scale)` for the cotangent `g` of its output,
+  given `sum_g = sum(g)` and `sum_gx = sum(g * x)` over N, H, W."""
+  count = xf.size // xf.shape[-1]
+  d_scale = inv * (sum_gx - mean * sum_g)  # sum(g * x_hat)
+  # dx = scale * inv * (g - mean(g) - x_hat * mean(g * x_hat)); the
+  # variance's clip at 0 is ignored (it binds only for a constant channel,
+  # where x_hat = 0 and both forms agree).
+  dx = (scale * inv) * (
+      g - sum_g / count - (xf - mean) * (inv * d_scale / count)
+  )
+  return dx, d_scale
+
+
 def _batch_norm_bwd(epsilon, res, g):
   x, mean, var, scale = res
-  count = x.size // x.shape[-1]
   inv = lax.rsqrt(var + epsilon)
   xf, g = x.astype(jnp.float32), g.astype(jnp.float32)
   # Reductions of g and g * x only: a reduction over anything with a
@@ -205,12 +221,8 @@ def _batch_norm_bwd(epsilon, res, g):
   # sum(g * x) - mean * sum(g) when |mean| >> std (float32 rounding
   # relative to sum|g * x|).
   sum_g = g.sum(_SPATIAL)
-  d_scale = inv * ((g * xf).sum(_SPATIAL) - mean * sum_g)  # sum(g * x_hat)
-  # dx = scale * inv * (g - mean(g) - x_hat * mean(g * x_hat)); the
-  # variance's clip at 0 is ignored (it binds only for a constant channel,
-  # where x_hat = 0 and both forms agree).
-  dx = (scale * inv) * (
-      g - sum_g / count - (xf - mean) * (inv * d_scale / count)
+  dx, d_scale = _input_and_scale_grads(
+      xf, mean, inv, scale, g, sum_g, (g * xf).sum(_SPATIAL)
   )
   return (
       dx.astype(x.dtype),
@@ -248,12 +260,7 @@ def sample_stats(
   x = x.astype(_at_least_f32(x.dtype))
   sums = x.sum(_HW)
   mean = sums.sum(0) / (x.size // x.shape[-1])
-  var = jnp.maximum(0.0, lax.square(x).mean(_SPATIAL) - lax.square(mean))
-  return sums, mean, var
-
-
-def _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon):
-  return (sums / hw - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
+  return sums, mean, _variance(x, mean)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -262,15 +269,13 @@ def batch_norm_squeeze(
 ) -> jax.Array:
   """`batch_norm_train(x, ...)` averaged over H and W: `(N, C)`, float32
   for float32 or half-precision x (SE's squeeze of the BN output)."""
-  sums, mean, var = sample_stats(x)
-  hw = x.shape[1] * x.shape[2]
-  return _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon)
+  return _squeeze_fwd(x, scale, bias, epsilon)[0]
 
 
 def _squeeze_fwd(x, scale, bias, epsilon):
   sums, mean, var = sample_stats(x)
   hw = x.shape[1] * x.shape[2]
-  z = _squeeze_of_normalized(sums, hw, mean, var, scale, bias, epsilon)
+  z = (sums / hw - mean) * (lax.rsqrt(var + epsilon) * scale) + bias
   return z, (x, sums, mean, var, scale)
 
 
@@ -279,17 +284,18 @@ def _squeeze_bwd(epsilon, res, g_z):
   # the BN output; BN's closed-form gradient follows with its two sums
   # taken from (N, C) arrays instead of full-size ones.
   x, sums, mean, var, scale = res
-  count = x.size // x.shape[-1]
   hw = x.shape[1] * x.shape[2]
-  inv = lax.rsqrt(var + epsilon)
   f32 = _at_least_f32(x.dtype)
   g_z = g_z.astype(f32)
   sum_g = g_z.sum(0)
-  d_scale = inv * ((g_z * sums).sum(0) / hw - mean * sum_g)
-  dx = (scale * inv) * (
-      g_z[:, None, None, :] / hw
-      - sum_g / count
-      - (x.astype(f32) - mean) * (inv * d_scale / count)
+  dx, d_scale = _input_and_scale_grads(
+      x.astype(f32),
+      mean,
+      lax.rsqrt(var + epsilon),
+      scale,
+      g_z[:, None, None, :] / hw,
+      sum_g,
+      (g_z * sums).sum(0) / hw,
   )
   return (
       dx.astype(x.dtype),
@@ -325,7 +331,6 @@ def _gated_fwd(x, scale, bias, gate, epsilon):
 
 def _gated_bwd(epsilon, res, g):
   x, mean, var, scale, bias, gate = res
-  count = x.size // x.shape[-1]
   inv = lax.rsqrt(var + epsilon)
   f32 = _at_least_f32(x.dtype)
   xf, g, gate_f = x.astype(f32), g.astype(f32), gate.astype(f32)
@@ -337,11 +342,14 @@ def _gated_bwd(epsilon, res, g):
   d_gate = (scale * inv) * (sum_hw_gx - mean * sum_hw_g) + bias * sum_hw_g
   # BN's gradient for the cotangent g * gate of its output.
   sum_g = (gate_f * sum_hw_g).sum(0)
-  d_scale = inv * ((gate_f * sum_hw_gx).sum(0) - mean * sum_g)
-  dx = (scale * inv) * (
-      g * gate_f[:, None, None, :]
-      - sum_g / count
-      - (xf - mean) * (inv * d_scale / count)
+  dx, d_scale = _input_and_scale_grads(
+      xf,
+      mean,
+      inv,
+      scale,
+      g * gate_f[:, None, None, :],
+      sum_g,
+      (gate_f * sum_hw_gx).sum(0),
   )
   return (
       dx.astype(x.dtype),
