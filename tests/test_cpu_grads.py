@@ -237,17 +237,3 @@ def test_excite_after_norm_is_se_of_flax_batch_norm(dtype):
     else:  # Eval is the plain composition in both.
       np.testing.assert_array_equal(y, y_ref)
     assert state['intermediates']['se']['gate'][0].shape == (4, 8)
-
-
-def test_batch_norm_refuses_an_excite_gate_it_cannot_fuse():
-  x = jnp.ones((2, 3, 3, 4))
-  gate = lambda z: jax.nn.sigmoid(z)
-  with pytest.raises(ValueError, match='only in training under the CPU'):
-    layers.BatchNorm(use_running_average=True).init(
-        jax.random.key(0), x, excite=gate
-    )
-  with layers.layer_rules('off'):
-    with pytest.raises(ValueError, match='only in training under the CPU'):
-      layers.BatchNorm(use_running_average=False).init(
-          jax.random.key(0), x, excite=gate
-      )

@@ -15,6 +15,7 @@ from jax import lax
 from se_flax import cpu_grads
 from se_flax.layers import rules
 from se_flax.layers.common import Dtype, ModuleDef
+from se_flax.layers.pooling import global_avg_pool
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -54,11 +55,11 @@ class BatchNorm(nn.Module):
       x: jax.Array,
       excite: Optional[Callable[[jax.Array], jax.Array]] = None,
   ) -> jax.Array:
-    """BN of NHWC `x`. `excite` (e.g. `SqueezeExcite.excite`: the
-    per-sample H, W mean of the output, `(N, C)`, to a gate `(N, C)`) also
-    multiplies the output by that gate, as one layer
-    (`cpu_grads.batch_norm_gated`); only in training under the CPU rules,
-    where `layers.excite_after_norm` passes it."""
+    """BN of NHWC `x`. With `excite` (e.g. `SqueezeExcite.excite`: the
+    per-sample H, W mean of the output, `(N, C)`, to a gate `(N, C)`) the
+    output is also multiplied by that gate, in training under the CPU rules
+    as one layer (`cpu_grads.batch_norm_gated`); otherwise (eval, or the
+    frozen-BN fine-tuning interceptor of `train.steps`) composed."""
     features = x.shape[-1]
     ra_mean = self.variable(
         'batch_stats', 'mean', jnp.zeros, (features,), jnp.float32
@@ -80,12 +81,7 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
 
     cpu = not self.use_running_average and rules.use_cpu_rules()
-    if excite is not None:
-      if not cpu:
-        raise ValueError(
-            'BatchNorm fuses an excite gate only in training under the CPU '
-            'rules; elsewhere apply SE to its output (excite_after_norm)'
-        )
+    if cpu and excite is not None:
       # The same statistics as the two rules' forward passes (XLA
       # computes them once).
       _, mean, var = cpu_grads.sample_stats(lax.stop_gradient(x))
@@ -107,7 +103,11 @@ class BatchNorm(nn.Module):
         y = cpu_grads.batch_norm_train(x, scale, bias, self.epsilon)
       else:
         y = cpu_grads.normalize(x, mean, var, scale, bias, self.epsilon)
-    return y.astype(out_dtype)
+    y = y.astype(out_dtype)
+    if excite is not None:
+      gate = excite(global_avg_pool(y))
+      y = y * gate[:, None, None, :].astype(y.dtype)
+    return y
 
 
 def batch_norm(

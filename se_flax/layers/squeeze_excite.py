@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 
 from se_flax.layers.common import Dtype, he_normal, make_divisible
-from se_flax.layers import rules
 from se_flax.layers.norm import BatchNorm
 from se_flax.layers.pooling import global_avg_pool
 
@@ -106,8 +105,8 @@ class SqueezeExcite(nn.Module):
 def excite_after_norm(
     norm: nn.Module, se: SqueezeExcite, x: jax.Array
 ) -> jax.Array:
-  """`se(norm(x))` for NHWC `x`; in training under the CPU rules (where
-  `norm` is se_flax's `BatchNorm`) with SE's average squeeze, as one layer whose statistics pass also gives the
+  """`se(norm(x))` for NHWC `x`; in training with se_flax's `BatchNorm` and
+  SE's average squeeze, as one layer whose statistics pass also gives the
   squeeze and whose gradient shares BN's reductions (`cpu_grads`, the
   same function to float rounding). The variables are those of the two
   modules, so checkpoints do not change."""
@@ -115,7 +114,6 @@ def excite_after_norm(
       isinstance(norm, BatchNorm)
       and not norm.use_running_average
       and se.squeeze == 'avg'
-      and rules.use_cpu_rules()
   ):
     return norm(x, excite=se.excite)
   return se(norm(x))
