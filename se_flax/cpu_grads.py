@@ -259,7 +259,9 @@ def sample_stats(
   rounding; the mean is summed per sample first)."""
   x = x.astype(_at_least_f32(x.dtype))
   sums = x.sum(_HW)
-  mean = sums.sum(0) / (x.size // x.shape[-1])
+  # The barrier keeps XLA from folding sum_n(sum_hw(x)) back into a second
+  # full read of x (its algebraic simplifier merges nested reductions).
+  mean = lax.optimization_barrier(sums).sum(0) / (x.size // x.shape[-1])
   return sums, mean, _variance(x, mean)
 
 

@@ -60,6 +60,42 @@ def test_paired_ratio_is_per_round():
   r = benchmark.paired_ratio(a, b)
   assert r['time_ratio'] == pytest.approx(1.5)  # Median of 2, 1, 1.5.
   assert (r['time_ratio_min'], r['time_ratio_max']) == (1.0, 2.0)
+  assert r['rounds'] == 3 and r['time_ratio_interval'] is None  # Too few.
+
+
+def test_median_interval_from_order_statistics():
+  # n = 9: P(Binomial(9, 1/2) <= 1) = 10/512 per side, so the 2nd smallest
+  # and 2nd largest bracket the median at 1 - 20/512; the 3rd would miss
+  # 2 * 46/512 > 5%.
+  values = [9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0]
+  low, high, coverage = benchmark.median_interval(values)
+  assert (low, high) == (2.0, 8.0)
+  assert coverage == pytest.approx(1 - 20 / 512)
+  assert benchmark.median_interval(values[:5]) is None
+  assert benchmark.median_interval([1.0] * 6)[:2] == (1.0, 1.0)
+  # It holds the true median as often as it claims (skewed draws).
+  rng = np.random.default_rng(0)
+  for n in (6, 9, 25):
+    hits = [
+        low <= 1.0 <= high
+        for low, high, _ in (
+            benchmark.median_interval(list(rng.lognormal(0.0, 0.3, n)))
+            for _ in range(2000)
+        )
+    ]
+    assert np.mean(hits) >= 0.94, (n, np.mean(hits))
+  a = benchmark.Variant(
+      'a',
+      'jax',
+      'train',
+      1,
+      lambda n: None,
+      times=[1.0 + 0.01 * i for i in range(9)],
+  )
+  b = benchmark.Variant('b', 'jax', 'train', 1, lambda n: None, times=[1.0] * 9)
+  r = benchmark.paired_ratio(a, b)
+  assert r['time_ratio_interval'] == pytest.approx((1.01, 1.07))
+  assert r['time_ratio_interval_coverage'] == pytest.approx(1 - 20 / 512)
 
 
 def test_se_overhead_mode_cli_without_tensorflow(tmp_path):

@@ -4,6 +4,8 @@ Forward outputs are compared bit for bit with the plain Flax/XLA ops, and
 gradients with JAX's own derivatives of those ops.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -177,6 +179,44 @@ def test_batch_norm_squeeze_and_gate_rules_are_se_after_bn_in_float64():
     for a, b in zip(g_got, g_ref):
       assert a.dtype == jnp.float64
       np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def _reductions_of_first_parameter(hlo_text: str) -> int:
+  """Ops of the optimised entry computation that read parameter 0 and
+  return something smaller than it (reductions, in whatever fusion)."""
+  entry = hlo_text[hlo_text.index('\nENTRY') :]
+  (param,) = re.findall(r'%(\S+) = (\S+) parameter\(0\)', entry)
+  name, shape = param
+  count = 0
+  for line in entry.splitlines():
+    match = re.match(r'\s*(?:ROOT )?%\S+ = (\S+) \w[\w-]*\((.*?)\)', line)
+    if match and f'%{name}' in re.split(r'[ ,]+', match.group(2)):
+      count += match.group(1) != shape
+  return count
+
+
+def test_batch_norm_then_se_reads_its_input_no_more_than_batch_norm(
+    full_optimization,
+):
+  # The squeeze comes from BN's own statistics pass: after all of XLA's
+  # passes (which fold nested reductions), the fused forward reduces x as
+  # often as BN alone (sums and sums of squares), not once more.
+  x, scale, bias, kernel, _ = _bn_se_case(jnp.float32)
+
+  def plain(x, scale, bias):
+    return cpu_grads.batch_norm_train(x, scale, bias, 1e-5)
+
+  def fused(x, scale, bias, kernel):
+    gate = jax.nn.sigmoid(
+        cpu_grads.batch_norm_squeeze(x, scale, bias, 1e-5) @ kernel
+    )
+    return cpu_grads.batch_norm_gated(x, scale, bias, gate, 1e-5)
+
+  counts = [
+      _reductions_of_first_parameter(jax.jit(f).lower(*a).compile().as_text())
+      for f, a in ((plain, (x, scale, bias)), (fused, (x, scale, bias, kernel)))
+  ]
+  assert counts[0] >= 1 and counts[1] == counts[0], counts
 
 
 class _BnThenSe(nn.Module):

@@ -15,8 +15,13 @@ the median, as in `python -m se_flax.benchmark`.
 The first window of each run holds the compiling step and is dropped;
 the rest are weighted by their steps (the stopwatch time of those steps),
 and timm runs as many. `--steps` 12 with `--log_every` 4 times steps 5-12.
-Extra `--config.*` overrides go after `--`. Needs no TensorFlow (the
-synthetic config).
+`--se_overhead` also runs, in each round, `train.py` with
+`--config.model.se=False` (the plain twin) and timm's plain twin
+(resnet50 for seresnet50), so SE / plain is paired per round as well
+(the order of the two train.py runs alternates between rounds). With 6
+rounds or more, each median comes with its distribution-free 95% interval
+(`timing.median_interval`). Extra `--config.*` overrides go after `--`.
+Needs no TensorFlow (the synthetic config).
 """
 
 import argparse
@@ -29,7 +34,8 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from se_flax.benchmark import workers  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from se_flax.benchmark import cli, timing, workers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
@@ -51,10 +57,14 @@ def logged_windows(workdir: str) -> list:
   ]
 
 
-def run_train_py(args, extra) -> list:
+def run_train_py(args, extra) -> tuple:
+  """`(steps, seconds per step)` of one `train.py` run after its compiling
+  window: the windows weighted by their steps (their stopwatch time)."""
   # Removed afterwards: each run's final checkpoint is hundreds of MB.
   with tempfile.TemporaryDirectory(prefix='train_py_vs_timm_') as workdir:
-    return _logged_run(args, extra, workdir)
+    windows = _logged_run(args, extra, workdir)
+  steps = sum(n for n, _ in windows)
+  return steps, sum(n * seconds for n, seconds in windows) / steps
 
 
 def _logged_run(args, extra, workdir: str) -> list:
@@ -92,42 +102,74 @@ def main():
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=12)
   parser.add_argument('--log_every', type=int, default=4)
+  parser.add_argument(
+      '--se_overhead',
+      action='store_true',
+      help='also the plain twin (train.py and timm), paired per round',
+  )
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
-
-  timm_worker = workers.torch_worker(
-      args.timm_model or args.model,
-      args.batch,
-      224,
-      args.dtype,
-      kinds=('train',),
-      python=args.torch_python,
-  )
-  ratios = []
+  timm_names = {'se': args.timm_model or args.model}
+  if args.se_overhead:
+    timm_names['plain'] = cli.timm_plain_name(timm_names['se'])
+    if not timm_names['plain']:
+      raise SystemExit(f'no plain timm twin of {timm_names["se"]}')
+  timm_workers = {}
+  times = {
+      (who, twin): [] for who in ('train.py', 'timm') for twin in timm_names
+  }
   try:
-    for round_ in range(args.rounds):
-      windows = run_train_py(args, extra)
-      steps = sum(n for n, _ in windows)
-      # The stopwatch time of those steps: windows weighted by their steps.
-      ours = sum(n * seconds for n, seconds in windows) / steps
-      answer = timm_worker.request(kind='train', steps=steps)
-      theirs = answer['wall_s'] / steps
-      ratios.append(ours / theirs)
-      shown = ', '.join(f'{n} x {seconds:.3f}' for n, seconds in windows)
-      print(
-          f'round {round_}: train.py {ours:.3f} s/step over {steps} steps '
-          f'(windows: {shown}); timm {theirs:.3f} s/step; time ratio '
-          f'{ours / theirs:.3f}',
-          flush=True,
+    for twin, name in timm_names.items():
+      timm_workers[twin] = workers.torch_worker(
+          name,
+          args.batch,
+          224,
+          args.dtype,
+          kinds=('train',),
+          python=args.torch_python,
       )
+    for round_ in range(args.rounds):
+      order = list(timm_names)
+      if round_ % 2:
+        order.reverse()
+      for twin in order:
+        twin_extra = ['--config.model.se=False'] if twin == 'plain' else []
+        timed_steps, seconds = run_train_py(args, extra + twin_extra)
+        times['train.py', twin].append(seconds)
+      for twin in order:
+        answer = timm_workers[twin].request(kind='train', steps=timed_steps)
+        times['timm', twin].append(answer['wall_s'] / timed_steps)
+      shown = '; '.join(
+          f'{who} {twin} {values[-1]:.3f} s/step'
+          for (who, twin), values in times.items()
+      )
+      print(f'round {round_} ({timed_steps} steps each): {shown}', flush=True)
   finally:
-    timm_worker.close()
-  median = statistics.median(ratios)
-  print(
-      f'train.py / timm step time: median {median:.3f} (rounds '
-      f'{min(ratios):.3f}-{max(ratios):.3f}); train.py images/s = '
-      f'{1 / median:.3f}x timm'
-  )
+    for worker in timm_workers.values():
+      worker.close()
+
+  def report(what, numerator, denominator):
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
+    interval = timing.median_interval(ratios)
+    interval = (
+        f'95% interval {interval[0]:.3f}-{interval[1]:.3f}, '
+        if interval
+        else ''
+    )
+    median = statistics.median(ratios)
+    print(
+        f'{what}: median time ratio {median:.3f} ({interval}rounds '
+        f'{min(ratios):.3f}-{max(ratios):.3f}); images/s ratio '
+        f'{1 / median:.3f}'
+    )
+
+  report('train.py / timm', ('train.py', 'se'), ('timm', 'se'))
+  if args.se_overhead:
+    report('train.py SE / plain', ('train.py', 'se'), ('train.py', 'plain'))
+    report('timm SE / plain', ('timm', 'se'), ('timm', 'plain'))
+    report(
+        'train.py plain / timm plain', ('train.py', 'plain'), ('timm', 'plain')
+    )
 
 
 if __name__ == '__main__':

@@ -30,7 +30,11 @@ after `block_until_ready` on the round's last outputs. The variants of one
 run are interleaved round by round (order reversed every other round) so
 that drift on a shared machine hits them alike; ratios are per round
 (paired), and their median is reported, in wall time and in process CPU
-seconds. Figures are medians over rounds, with the min-max spread.
+seconds, with a distribution-free 95% interval for the median from 6
+rounds on (`timing.median_interval`): on a shared machine one run's median
+moves by several percent, and only an interval that clears a target
+decides it (about 25 rounds bring it to a few percent here). Figures are
+medians over rounds, with the min-max spread.
 
 FLOPs (the MFU numerator) follow `models/stats.py`: multiply-accumulates of
 convolutions and dense layers (SE FCs included; BN, activations, pooling,
@@ -61,7 +65,12 @@ from se_flax.benchmark.jax_steps import (
     user_step_variants,
 )
 from se_flax.benchmark.report import format_table
-from se_flax.benchmark.timing import Variant, paired_ratio, summarize
+from se_flax.benchmark.timing import (
+    Variant,
+    median_interval,
+    paired_ratio,
+    summarize,
+)
 
 __all__ = [
     'TRAIN_FLOPS_PER_FORWARD',
@@ -71,6 +80,7 @@ __all__ = [
     'host_transfers',
     'loop_step_variants',
     'main',
+    'median_interval',
     'paired_ratio',
     'run',
     'se_fusion',

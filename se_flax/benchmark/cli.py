@@ -26,7 +26,7 @@ def _loadavg() -> Optional[float]:
     return None
 
 
-def _timm_plain_name(name: str) -> Optional[str]:
+def timm_plain_name(name: str) -> Optional[str]:
   """timm's plain twin of an SE model name (same style), if there is one."""
   for prefix, plain in (('seresnext', 'resnext'), ('seresnet', 'resnet')):
     if name.startswith(prefix):
@@ -173,7 +173,7 @@ def run(
         name = timm_model or model
         pairs = [('timm', name, 'se')]
         if se_overhead:
-          plain = _timm_plain_name(name)
+          plain = timm_plain_name(name)
           if plain:
             pairs.append(('timm_plain', plain, 'plain'))
           else:

@@ -33,9 +33,15 @@ def format_table(results: dict) -> str:
     )
   lines.append('')
   for r in results['ratios']:
+    interval = r.get('time_ratio_interval')
+    interval = (
+        f'95% interval of the median {interval[0]:.3f}-{interval[1]:.3f}, '
+        if interval
+        else ''
+    )
     lines.append(
         f"{r['kind']}: time({r['numerator']}) / time({r['denominator']}) = "
-        f"{r['time_ratio']:.3f} (rounds {r['time_ratio_min']:.3f}-"
+        f"{r['time_ratio']:.3f} ({interval}rounds {r['time_ratio_min']:.3f}-"
         f"{r['time_ratio_max']:.3f}); images/s ratio "
         f"{1 / r['time_ratio']:.3f}; CPU s ratio "
         f"{_fmt(r.get('cpu_ratio'), '.3f')}"

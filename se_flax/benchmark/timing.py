@@ -3,15 +3,19 @@
 A variant's `run(n)` runs n steps and waits for their results, so the host
 clock read around it is the device's time. Rounds visit the variants in
 turn (order reversed every other round) so that drift on a shared machine
-hits them alike; ratios are taken per round, then their median.
+hits them alike; ratios are taken per round, then their median, with a
+distribution-free 95% interval for that median (`median_interval`): on a
+shared machine one run's median moves by several percent, and the interval
+says whether a run decides a target.
 """
 
 import dataclasses
 import functools
+import math
 import resource
 import statistics
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -120,15 +124,47 @@ def summarize(v: Variant, peak: Optional[float]) -> dict:
   return out
 
 
+def median_interval(
+    xs: Sequence[float], level: float = 0.95
+) -> Optional[Tuple[float, float, float]]:
+  """`(low, high, coverage)`: an interval that holds the median of the
+  distribution `xs` are drawn from with probability `coverage` >= `level`.
+
+  Order statistics, no assumption on the distribution's shape (rounds are
+  taken as independent draws): the k-th smallest and k-th largest of n
+  values bracket the median unless k-1 or fewer fall on one side, which
+  has probability P(Binomial(n, 1/2) <= k-1) per side. k is the largest
+  that keeps both sides' sum within 1 - level. None when n is too small
+  for `level` (fewer than 6 values at 95%).
+  """
+  n = len(xs)
+  tail, k = 0.0, 0  # tail: P(Binomial(n, 1/2) <= k - 1).
+  while True:
+    next_tail = tail + math.comb(n, k) / 2.0**n
+    if 2 * next_tail > 1 - level or k + 1 > n - k:
+      break
+    tail, k = next_tail, k + 1
+  if k == 0:
+    return None
+  ordered = sorted(xs)
+  return ordered[k - 1], ordered[n - k], 1 - 2 * tail
+
+
 def paired_ratio(a: Variant, b: Variant) -> dict:
-  """time(a) / time(b), round by round: median and min-max; CPU s too."""
+  """time(a) / time(b), round by round: median, its 95% interval
+  (`median_interval`; None for fewer than 6 rounds) and min-max; CPU s
+  too."""
   ratios = [x / y for x, y in zip(a.times, b.times)]
   cpu = [x / y for x, y in zip(a.cpu_times, b.cpu_times) if y]
+  interval = median_interval(ratios)
   return {
       'numerator': a.label,
       'denominator': b.label,
       'kind': a.kind,
+      'rounds': len(ratios),
       'time_ratio': statistics.median(ratios),
+      'time_ratio_interval': interval and interval[:2],
+      'time_ratio_interval_coverage': interval and interval[2],
       'time_ratio_min': min(ratios),
       'time_ratio_max': max(ratios),
       'ratio_of_medians': (
