@@ -140,7 +140,7 @@ def median_interval(
   n = len(xs)
   tail, k = 0.0, 0  # tail: P(Binomial(n, 1/2) <= k - 1).
   while True:
-    next_tail = tail + math.comb(n, k) / 2.0**n
+    next_tail = tail + math.comb(n, k) / 2**n  # Exact for any n.
     if 2 * next_tail > 1 - level or k + 1 > n - k:
       break
     tail, k = next_tail, k + 1
