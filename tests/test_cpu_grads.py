@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from se_flax import cpu_grads, layers
+from se_flax.benchmark import hlo
 
 
 def _ties(shape, key, dtype=jnp.float32):
@@ -184,15 +185,15 @@ def test_batch_norm_squeeze_and_gate_rules_are_se_after_bn_in_float64():
 def _reductions_of_first_parameter(hlo_text: str) -> int:
   """Ops of the optimised entry computation that read parameter 0 and
   return something smaller than it (reductions, in whatever fusion)."""
-  entry = hlo_text[hlo_text.index('\nENTRY') :]
-  (param,) = re.findall(r'%(\S+) = (\S+) parameter\(0\)', entry)
-  name, shape = param
-  count = 0
-  for line in entry.splitlines():
-    match = re.match(r'\s*(?:ROOT )?%\S+ = (\S+) \w[\w-]*\((.*?)\)', line)
-    if match and f'%{name}' in re.split(r'[ ,]+', match.group(2)):
-      count += match.group(1) != shape
-  return count
+  entry = hlo.entry_instructions(hlo_text)
+  ((_, name, shape, _, _),) = [
+      i for i in entry if i[3] == 'parameter' and i[4].startswith('0)')
+  ]
+  return sum(
+      result_shape != shape
+      for _, _, result_shape, _, rest in entry
+      if f'%{name}' in re.split(r'[ ,)]+', rest)
+  )
 
 
 def test_batch_norm_then_se_reads_its_input_no_more_than_batch_norm(

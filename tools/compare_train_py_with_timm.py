@@ -27,7 +27,6 @@ Needs no TensorFlow (the synthetic config).
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 # pylint: disable=wrong-import-position
-from se_flax.benchmark import cli, timing, workers
+from se_flax.benchmark import cli, report, timing, workers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 
@@ -148,26 +147,16 @@ def main():
     for worker in timm_workers.values():
       worker.close()
 
-  def report(what, numerator, denominator):
+  def show(what, numerator, denominator):
     ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
-    interval = timing.median_interval(ratios)
-    interval = (
-        f'95% interval {interval[0]:.3f}-{interval[1]:.3f}, '
-        if interval
-        else ''
-    )
-    median = statistics.median(ratios)
-    print(
-        f'{what}: median time ratio {median:.3f} ({interval}rounds '
-        f'{min(ratios):.3f}-{max(ratios):.3f}); images/s ratio '
-        f'{1 / median:.3f}'
-    )
+    summary = timing.time_ratio_summary(ratios)
+    print(f'{what}: median time ratio {report.format_time_ratio(summary)}')
 
-  report('train.py / timm', ('train.py', 'se'), ('timm', 'se'))
+  show('train.py / timm', ('train.py', 'se'), ('timm', 'se'))
   if args.se_overhead:
-    report('train.py SE / plain', ('train.py', 'se'), ('train.py', 'plain'))
-    report('timm SE / plain', ('timm', 'se'), ('timm', 'plain'))
-    report(
+    show('train.py SE / plain', ('train.py', 'se'), ('train.py', 'plain'))
+    show('timm SE / plain', ('timm', 'se'), ('timm', 'plain'))
+    show(
         'train.py plain / timm plain', ('train.py', 'plain'), ('timm', 'plain')
     )
 

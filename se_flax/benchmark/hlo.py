@@ -2,7 +2,7 @@
 transfers, and whether each SE scale is fused into its residual add."""
 
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import jax
 
@@ -69,6 +69,22 @@ def _computations(hlo_text: str) -> Dict[str, List[str]]:
   return comps
 
 
+_INSTRUCTION = re.compile(r'\s*(ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)')
+
+
+def parse_instruction(line: str) -> Optional[Tuple[bool, str, str, str, str]]:
+  """`(is_root, name, shape, opcode, rest)` of one line of HLO text, or
+  None when the line is no instruction. `rest`: the operands onwards."""
+  m = _INSTRUCTION.match(line)
+  return m and (bool(m.group(1)), *m.group(2, 3, 4, 5))
+
+
+def entry_instructions(hlo_text: str) -> List[Tuple[bool, str, str, str, str]]:
+  """`parse_instruction` of each instruction of the ENTRY computation."""
+  entry = hlo_text[hlo_text.index('\nENTRY') :].split('\n')[1:]
+  return [i for i in map(parse_instruction, entry) if i]
+
+
 def _se_scale_block(op_name: str) -> Optional[str]:
   """The block whose SE scale `op_name` is, else None: `<block>/se/mul`
   (SqueezeExcite's own) or `<block>/<bn>/se_gate/mul` (BN and SE as one
@@ -95,20 +111,21 @@ def se_fusion(hlo_text: str) -> Dict[str, int]:
   for lines in _computations(hlo_text).values():
     ops, roots = {}, []
     for line in lines:
-      m = re.match(r'\s*(ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\((.*)', line)
+      parsed = parse_instruction(line)
       name = re.search(r'op_name="([^"]*)"', line)
-      if not m or not name or 'transpose(' in name.group(1):
-        if m and m.group(1):
+      if not parsed or not name or 'transpose(' in name.group(1):
+        if parsed and parsed[0]:
           roots = (
-              re.findall(r'%([\w.\-]+)', m.group(5))
-              if m.group(4) == 'tuple'
-              else [m.group(2)]
+              re.findall(r'%([\w.\-]+)', parsed[4])
+              if parsed[3] == 'tuple'
+              else [parsed[1]]
           )
         continue
-      rank = m.group(3).split('{')[0].count(',') + 1
-      ops[m.group(2)] = (name.group(1), m.group(4), rank)
-      if m.group(1):
-        roots = [m.group(2)]
+      is_root, result, shape, code, _ = parsed
+      rank = shape.split('{')[0].count(',') + 1
+      ops[result] = (name.group(1), code, rank)
+      if is_root:
+        roots = [result]
     names = {op for op, code, _ in ops.values() if code in ('multiply', 'add')}
     for ins, (op, code, rank) in ops.items():
       block = _se_scale_block(op) if code == 'multiply' and rank == 4 else None

@@ -5,6 +5,21 @@ def _fmt(x, spec, scale=1.0):
   return '-' if x is None else format(x * scale, spec)
 
 
+def format_time_ratio(r: dict) -> str:
+  """'median (95% interval of the median, rounds min-max); images/s
+  ratio' of a `timing.time_ratio_summary`."""
+  interval = r['time_ratio_interval']
+  interval = (
+      f'95% interval of the median {interval[0]:.3f}-{interval[1]:.3f}, '
+      if interval
+      else ''
+  )
+  return (
+      f"{r['time_ratio']:.3f} ({interval}rounds {r['time_ratio_min']:.3f}-"
+      f"{r['time_ratio_max']:.3f}); images/s ratio {1 / r['time_ratio']:.3f}"
+  )
+
+
 def format_table(results: dict) -> str:
   """A markdown table of a `run()` result, with the ratios under it."""
   env, peak, args = results['env'], results['peak'], results['args']
@@ -33,17 +48,9 @@ def format_table(results: dict) -> str:
     )
   lines.append('')
   for r in results['ratios']:
-    interval = r.get('time_ratio_interval')
-    interval = (
-        f'95% interval of the median {interval[0]:.3f}-{interval[1]:.3f}, '
-        if interval
-        else ''
-    )
     lines.append(
         f"{r['kind']}: time({r['numerator']}) / time({r['denominator']}) = "
-        f"{r['time_ratio']:.3f} ({interval}rounds {r['time_ratio_min']:.3f}-"
-        f"{r['time_ratio_max']:.3f}); images/s ratio "
-        f"{1 / r['time_ratio']:.3f}; CPU s ratio "
+        f'{format_time_ratio(r)}; CPU s ratio '
         f"{_fmt(r.get('cpu_ratio'), '.3f')}"
     )
   if results.get('peak_device_memory') is not None:

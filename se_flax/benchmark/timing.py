@@ -150,23 +150,31 @@ def median_interval(
   return ordered[k - 1], ordered[n - k], 1 - 2 * tail
 
 
-def paired_ratio(a: Variant, b: Variant) -> dict:
-  """time(a) / time(b), round by round: median, its 95% interval
-  (`median_interval`; None for fewer than 6 rounds) and min-max; CPU s
-  too."""
-  ratios = [x / y for x, y in zip(a.times, b.times)]
-  cpu = [x / y for x, y in zip(a.cpu_times, b.cpu_times) if y]
+def time_ratio_summary(ratios: Sequence[float]) -> dict:
+  """Per-round time ratios summarised: 'rounds', 'time_ratio' (median),
+  'time_ratio_interval' (its 95% interval, `median_interval`; None for
+  fewer than 6 rounds) and its coverage, 'time_ratio_min'/'_max'."""
   interval = median_interval(ratios)
   return {
-      'numerator': a.label,
-      'denominator': b.label,
-      'kind': a.kind,
       'rounds': len(ratios),
       'time_ratio': statistics.median(ratios),
       'time_ratio_interval': interval and interval[:2],
       'time_ratio_interval_coverage': interval and interval[2],
       'time_ratio_min': min(ratios),
       'time_ratio_max': max(ratios),
+  }
+
+
+def paired_ratio(a: Variant, b: Variant) -> dict:
+  """time(a) / time(b), round by round (`time_ratio_summary`), the ratio
+  of the medians and the median CPU s ratio."""
+  ratios = [x / y for x, y in zip(a.times, b.times)]
+  cpu = [x / y for x, y in zip(a.cpu_times, b.cpu_times) if y]
+  return {
+      'numerator': a.label,
+      'denominator': b.label,
+      'kind': a.kind,
+      **time_ratio_summary(ratios),
       'ratio_of_medians': (
           statistics.median(a.times) / statistics.median(b.times)
       ),
