@@ -73,7 +73,8 @@ def load_pretrained(
       - a local timm state dict (.safetensors, or .pth/.pt/.bin with torch),
         with `model_name` (an architecture or a tag, whose config is used).
       - an se_flax export (.npz, `python -m se_flax.train.checkpoint`).
-      - a training workdir (its newest intact checkpoint, its config and
+      - a training workdir, a local path or an object-store URL such as
+        'gs://bucket/run' (its newest intact checkpoint, its config and
         class names).
     num_classes: classifier width wanted; when it differs from the
       weights', the model gets a new head and `variables['params']` has no
@@ -89,7 +90,14 @@ def load_pretrained(
       fetch them.
     ValueError: an unknown tag, or weights that do not fit the model.
   """
-  if os.path.isdir(source):
+  if '://' in source:  # gs://, s3://, ...: only training workdirs live there.
+    if not _is_workdir(source):
+      raise FileNotFoundError(
+          f'{source!r} is not a training workdir (no checkpoints/ or best/ '
+          'under it); from a URL se_flax loads only training workdirs'
+      )
+    loaded = _from_workdir(source)
+  elif os.path.isdir(source):
     if _is_workdir(source):
       loaded = _from_workdir(source)
     else:
@@ -302,19 +310,20 @@ def _from_export(path: str, model_name) -> _Loaded:
 
 
 def _is_workdir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, 'checkpoints')) or os.path.isdir(
-      os.path.join(path, 'best')
-  )
+  from se_flax.train import paths  # A local path or an object-store URL.
+
+  directory = paths.workdir_path(path)
+  return (directory / 'checkpoints').is_dir() or (directory / 'best').is_dir()
 
 
 def _read_label_names(workdir: str) -> Optional[list]:
   from se_flax.train import checkpoint
+  from se_flax.train import paths
 
-  path = os.path.join(workdir, checkpoint.LABEL_NAMES)
-  if not os.path.isfile(path):
+  path = paths.workdir_path(workdir) / checkpoint.LABEL_NAMES
+  if not path.is_file():
     return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+  return json.loads(path.read_text(encoding='utf-8'))
 
 
 def _from_run(config, variables, label_names, where: str) -> _Loaded:

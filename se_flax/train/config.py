@@ -10,7 +10,6 @@ and the global batch), so `--config.batch_size=...` keeps them right.
 
 import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +20,7 @@ from se_flax import layers
 from se_flax.data.config import default_data_config
 from se_flax.models import registry
 from se_flax.train import optim
+from se_flax.train import paths
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -194,12 +194,11 @@ def from_stored(stored: dict) -> ml_collections.ConfigDict:
 
 
 def load_stored(workdir: str) -> ml_collections.ConfigDict:
-  """`from_stored` of a training workdir's config.json."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  """`from_stored` of a training workdir's config.json (a path or a URL)."""
+  path = paths.workdir_path(workdir) / 'config.json'
+  if not path.is_file():
     raise FileNotFoundError(f'{workdir} has no config.json (not a run?)')
-  with open(path, encoding='utf-8') as f:
-    return from_stored(json.load(f))
+  return from_stored(json.loads(path.read_text(encoding='utf-8')))
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):

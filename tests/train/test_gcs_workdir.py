@@ -200,6 +200,10 @@ def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
           '-c',
           'import jax, se_flax\n'
           f'v = se_flax.load_variables({workdir!r})\n'
+          f'p = se_flax.load_pretrained({workdir!r})\n'
+          'assert jax.tree_util.tree_all(jax.tree_util.tree_map(\n'
+          '    lambda a, b: (a == b).all(), v, dict(p.variables)))\n'
+          'print(p.model_name, p.config.num_classes)\n'
           "print(sum(x.size for x in jax.tree_util.tree_leaves(v['params'])))",
       ],
       cwd=helpers.ROOT,
@@ -209,7 +213,9 @@ def test_train_resume_and_load_through_a_gcs_server(gcs, tmp_path):
       timeout=120,
   )
   assert load.returncode == 0, load.stderr[-3000:]
-  assert int(load.stdout.split()[-1]) > 0
+  name_and_classes, size = load.stdout.splitlines()[-2:]
+  assert name_and_classes.split()[0] == 'seresnet_tiny', load.stdout
+  assert int(size) > 0
 
 
 def test_a_live_foreign_lock_refuses_and_a_stale_one_is_taken(gcs):
@@ -228,3 +234,27 @@ def test_a_live_foreign_lock_refuses_and_a_stale_one_is_taken(gcs):
   assert taken.returncode == 0, taken.stderr[-3000:]
   assert 'Taking over the stale lock' in taken.stderr
   assert 'lock.json' not in bucket.names('runs/locked')
+
+
+def test_a_url_that_is_not_a_workdir_is_refused_by_name(gcs):
+  env, bucket = gcs
+  bucket.write('runs/notes/readme.txt', b'not a run')
+  url = f'gs://{_BUCKET}/runs/notes'
+  refused = subprocess.run(
+      [
+          sys.executable,
+          '-c',
+          f'import se_flax; se_flax.load_pretrained({url!r})',
+      ],
+      cwd=helpers.ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert refused.returncode != 0
+  assert helpers.last_line(refused.stderr) == (
+      f'FileNotFoundError: {url!r} is not a training workdir (no '
+      'checkpoints/ or best/ under it); from a URL se_flax loads only '
+      'training workdirs'
+  ), refused.stderr[-3000:]
