@@ -1,0 +1,230 @@
+"""SE-ResNet-50's convolutions one by one: XLA's CPU kernels against torch's.
+
+Times the forward of every distinct convolution of (SE-)ResNet-50 at one
+batch size: in JAX as se_flax runs it (`layers.Conv2d`: 1x1 convolutions
+as matrix products, the rest as XLA convolutions; jitted with
+`runtime.compiler_options()` after `runtime.configure()`, as `train.py`
+does) and in torch as timm runs it (`nn.Conv2d`, channels_last, inference
+mode, torch's default threads). Each round times one op on both sides in
+turn, alternating which goes first; per op the median of the paired
+ratios is printed, and the totals weighted by how often each op occurs
+in the network.
+
+  python tools/compare_conv_kernels_with_torch.py \\
+      --torch_python /path/to/venv-with-torch/bin/python [--batch 1]
+
+What it answers: how much of a whole-network gap against timm is the
+convolution kernels themselves (PERFORMANCE.md, entry 17). Diagnostic
+only; the SE layers' small matrix products and the element-wise work
+are not in it.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (width, blocks)
+EXPANSION = 4
+
+
+def resnet50_convs(image_size: int = 224) -> list:
+  """`(name, in_size, c_in, c_out, k, stride, count)` of every distinct conv.
+
+  ResNet-50's bottlenecks with the stride on the 3x3 (timm, torchvision
+  and the SE-ResNet Caffe models) and 1x1 projection shortcuts.
+  """
+  convs = {}
+
+  def add(name, size, c_in, c_out, k, stride):
+    key = (size, c_in, c_out, k, stride)
+    if key in convs:
+      convs[key][1] += 1
+    else:
+      convs[key] = [name, 1]
+
+  add('stem 7x7/2', image_size, 3, 64, 7, 2)
+  size, c_in = image_size // 4, 64
+  for stage, (width, blocks) in enumerate(STAGES, 1):
+    for block in range(blocks):
+      stride = 2 if block == 0 and stage > 1 else 1
+      out_size = size // stride
+      tag = f's{stage}'
+      add(f'{tag} 1x1 reduce', size, c_in, width, 1, 1)
+      add(
+          f'{tag} 3x3' + ('/2' if stride > 1 else ''),
+          size,
+          width,
+          width,
+          3,
+          stride,
+      )
+      add(f'{tag} 1x1 expand', out_size, width, width * EXPANSION, 1, 1)
+      if block == 0:
+        add(
+            f'{tag} 1x1 shortcut' + ('/2' if stride > 1 else ''),
+            size,
+            c_in,
+            width * EXPANSION,
+            1,
+            stride,
+        )
+      size, c_in = out_size, width * EXPANSION
+  return [(name, *key, count) for key, (name, count) in convs.items()]
+
+
+def _timer(run, steps: int) -> float:
+  """Seconds per call of `run()`, which must block on its result."""
+  start = time.perf_counter()
+  for _ in range(steps):
+    run()
+  return (time.perf_counter() - start) / steps
+
+
+def jax_ops(batch: int, convs: list) -> list:
+  """One blocking zero-argument callable per conv (se_flax's Conv2d)."""
+  from se_flax import runtime
+
+  runtime.configure()
+  import jax
+  import jax.numpy as jnp
+
+  from se_flax.layers import Conv2d
+
+  ops = []
+  for _, size, c_in, c_out, k, stride, _ in convs:
+    layer = Conv2d(c_out, k, strides=stride)
+    x = jnp.ones((batch, size, size, c_in), jnp.float32)
+    params = layer.init(jax.random.PRNGKey(0), x)
+    forward = jax.jit(layer.apply, compiler_options=runtime.compiler_options())
+    ops.append(lambda f=forward, p=params, x=x: f(p, x).block_until_ready())
+  # The per-call floor: a jitted one-element add, called the same way.
+  floor = jax.jit(lambda x: x + 1)
+  one = jnp.ones((1,), jnp.float32)
+  ops.append(lambda: floor(one).block_until_ready())
+  return ops
+
+
+def torch_side(batch: int, warmup: int) -> None:
+  """The torch worker: reads `{"op": i, "steps": n}` lines, answers seconds."""
+  import torch
+
+  ops = []
+  for _, size, c_in, c_out, k, stride, _ in resnet50_convs():
+    conv = torch.nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
+    conv = conv.to(memory_format=torch.channels_last).eval()
+    x = torch.randn(batch, c_in, size, size).contiguous(
+        memory_format=torch.channels_last
+    )
+    ops.append(lambda conv=conv, x=x: conv(x))
+  one = torch.ones(1)
+  ops.append(lambda: one + 1)  # The per-call floor, as on the JAX side.
+  with torch.inference_mode():
+    for op in ops:
+      _timer(op, warmup)  # torch's CPU kernels run synchronously.
+    print(json.dumps({'threads': torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+      request = json.loads(line)
+      seconds = _timer(ops[request['op']], request['steps'])
+      print(json.dumps({'seconds': seconds}), flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--torch_python')
+  parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument('--rounds', type=int, default=9)
+  parser.add_argument('--steps', type=int, default=20, help='calls per round')
+  parser.add_argument('--warmup', type=int, default=3)
+  parser.add_argument('--side', choices=('jax', 'torch'), default='jax')
+  args = parser.parse_args()
+  if args.side == 'torch':
+    torch_side(args.batch, args.warmup)
+    return
+  if not args.torch_python:
+    parser.error('--torch_python is required')
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+  convs = resnet50_convs()
+  torch_worker = subprocess.Popen(
+      [
+          args.torch_python,
+          __file__,
+          '--side',
+          'torch',
+          f'--batch={args.batch}',
+          f'--warmup={args.warmup}',
+      ],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
+  try:
+    threads = json.loads(torch_worker.stdout.readline())['threads']
+
+    def torch_op(index: int) -> float:
+      request = {'op': index, 'steps': args.steps}
+      torch_worker.stdin.write(json.dumps(request) + '\n')
+      torch_worker.stdin.flush()
+      return json.loads(torch_worker.stdout.readline())['seconds']
+
+    ops = jax_ops(args.batch, convs)
+    for op in ops:
+      _timer(op, args.warmup)
+    times = {side: [[] for _ in ops] for side in ('jax', 'torch')}
+    for round_ in range(args.rounds):
+      for index, op in enumerate(ops):
+        sides = (
+            ['jax', 'torch'] if (round_ + index) % 2 == 0 else ['torch', 'jax']
+        )
+        for side in sides:
+          seconds = _timer(op, args.steps) if side == 'jax' else torch_op(index)
+          times[side][index].append(seconds)
+  finally:
+    torch_worker.stdin.close()
+    torch_worker.wait()
+  from se_flax.benchmark import timing
+
+  print(
+      f'batch {args.batch}, fp32, {args.rounds} rounds x {args.steps} calls; '
+      f'torch {threads} threads; times are medians, ms per call'
+  )
+  print(
+      '| conv | input | count | se_flax ms | torch ms | time ratio (95% interval) |'
+  )
+  print('|---|---|---:|---:|---:|---|')
+  totals = {'jax': 0.0, 'torch': 0.0}
+  floor = len(convs)  # The last op: the per-call floor.
+  rows = convs + [('per-call floor: 1-element add', 1, 1, 1, 0, 0, 0)]
+  for index, (name, size, c_in, c_out, _, _, count) in enumerate(rows):
+    medians = {s: statistics.median(t[index]) for s, t in times.items()}
+    for side in totals:
+      totals[side] += count * medians[side]
+    ratios = [a / b for a, b in zip(times['jax'][index], times['torch'][index])]
+    summary = timing.time_ratio_summary(ratios)
+    interval = summary['time_ratio_interval']
+    shown = f"{summary['time_ratio']:.3f}" + (
+        f' ({interval[0]:.3f}-{interval[1]:.3f})' if interval else ''
+    )
+    print(
+        f'| {name} ({c_in}->{c_out}) | {size}x{size} | {count} | '
+        f'{1e3 * medians["jax"]:.3f} | {1e3 * medians["torch"]:.3f} | '
+        f'{shown} |'
+    )
+  calls = sum(c[-1] for c in convs)
+  floors = {s: calls * statistics.median(t[floor]) for s, t in times.items()}
+  print(
+      f'all {calls} convolutions, weighted by count: se_flax '
+      f'{1e3 * totals["jax"]:.1f} ms, torch {1e3 * totals["torch"]:.1f} ms, '
+      f'time ratio {totals["jax"] / totals["torch"]:.3f}; less {calls} '
+      f'per-call floors ({1e3 * floors["jax"]:.1f} and '
+      f'{1e3 * floors["torch"]:.1f} ms, which a compiled network does not '
+      f'pay per op): time ratio '
+      f'{(totals["jax"] - floors["jax"]) / (totals["torch"] - floors["torch"]):.3f}'
+  )
+
+
+if __name__ == '__main__':
+  main()
