@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -125,7 +124,10 @@ def torch_side(batch: int, warmup: int) -> None:
   with torch.inference_mode():
     for op in ops:
       _timer(op, warmup)  # torch's CPU kernels run synchronously.
-    print(json.dumps({'threads': torch.get_num_threads()}), flush=True)
+    # The protocol of se_flax.benchmark.workers.WorkerProcess.
+    print(
+        json.dumps({'ready': {'threads': torch.get_num_threads()}}), flush=True
+    )
     for line in sys.stdin:
       request = json.loads(line)
       seconds = _timer(ops[request['op']], request['steps'])
@@ -147,8 +149,10 @@ def main():
   if not args.torch_python:
     parser.error('--torch_python is required')
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+  from se_flax.benchmark import timing, workers
+
   convs = resnet50_convs()
-  torch_worker = subprocess.Popen(
+  torch_worker = workers.WorkerProcess(
       [
           args.torch_python,
           __file__,
@@ -157,18 +161,13 @@ def main():
           f'--batch={args.batch}',
           f'--warmup={args.warmup}',
       ],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      text=True,
+      'torch convolutions',
   )
   try:
-    threads = json.loads(torch_worker.stdout.readline())['threads']
+    threads = torch_worker.info['threads']
 
     def torch_op(index: int) -> float:
-      request = {'op': index, 'steps': args.steps}
-      torch_worker.stdin.write(json.dumps(request) + '\n')
-      torch_worker.stdin.flush()
-      return json.loads(torch_worker.stdout.readline())['seconds']
+      return torch_worker.request(op=index, steps=args.steps)['seconds']
 
     ops = jax_ops(args.batch, convs)
     for op in ops:
@@ -183,9 +182,7 @@ def main():
           seconds = _timer(op, args.steps) if side == 'jax' else torch_op(index)
           times[side][index].append(seconds)
   finally:
-    torch_worker.stdin.close()
-    torch_worker.wait()
-  from se_flax.benchmark import timing
+    torch_worker.close()
 
   print(
       f'batch {args.batch}, fp32, {args.rounds} rounds x {args.steps} calls; '

@@ -16,6 +16,7 @@ from se_flax.pretrained import config as config_lib
 from se_flax.pretrained import hub
 from se_flax.pretrained import labels
 from se_flax.pretrained import tags
+from se_flax.train import paths
 
 # Weight files of a timm Hub repository, in the order they are tried.
 _WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
@@ -90,7 +91,7 @@ def load_pretrained(
       fetch them.
     ValueError: an unknown tag, or weights that do not fit the model.
   """
-  if '://' in source:  # gs://, s3://, ...: only training workdirs live there.
+  if paths.is_url(source):  # gs://, ...: only training workdirs live there.
     if not _is_workdir(source):
       raise FileNotFoundError(
           f'{source!r} is not a training workdir (no checkpoints/ or best/ '
@@ -310,15 +311,12 @@ def _from_export(path: str, model_name) -> _Loaded:
 
 
 def _is_workdir(path: str) -> bool:
-  from se_flax.train import paths  # A local path or an object-store URL.
-
   directory = paths.workdir_path(path)
   return (directory / 'checkpoints').is_dir() or (directory / 'best').is_dir()
 
 
 def _read_label_names(workdir: str) -> Optional[list]:
   from se_flax.train import checkpoint
-  from se_flax.train import paths
 
   path = paths.workdir_path(workdir) / checkpoint.LABEL_NAMES
   if not path.is_file():
