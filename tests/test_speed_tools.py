@@ -59,6 +59,50 @@ def test_conv_list_has_the_kernels_of_se_flax_seresnet50():
   assert from_tool == from_model
 
 
+def _count_ops(hlo_text, opcode):
+  return sum(
+      f' {opcode}(' in line
+      and '=' in line
+      and not line.lstrip().startswith(('//', 'ENTRY'))
+      for line in hlo_text.splitlines()
+  )
+
+
+def test_conv_train_programs_keep_the_forward_and_the_step_gradients():
+  tool = _tool()
+  # The stem, the first 1x1 and the first 3x3, on 32-px images.
+  convs = tool.resnet50_convs(32)[:3]
+  programs = tool.jax_programs(2, convs, 'train')
+  # Forward + kernel gradient for the stem (its input is the image);
+  # forward + kernel and input gradients for the others.
+  expected_convolutions = [2, 0, 3]
+  expected_products = [0, 3, 0]
+  for (f, args), convolutions, products, conv in zip(
+      programs, expected_convolutions, expected_products, convs
+  ):
+    params, x, cotangent = args
+    # The cotangent is an argument: a constant would let XLA fold it in.
+    assert cotangent.shape == (
+        2,
+        conv[1] // conv[5],
+        conv[1] // conv[5],
+        conv[3],
+    )
+    text = f.lower(*args).compile().as_text()
+    assert _count_ops(text, 'convolution') == convolutions, conv[0]
+    assert _count_ops(text, 'dot') == products, conv[0]
+    y, grads = f(*args)
+    assert y.shape == cotangent.shape
+    if tool.input_gradient(convs.index(conv)):
+      grad_params, grad_x = grads
+      assert grad_x.shape == x.shape
+    else:
+      (grad_params,) = grads
+    assert grad_params['params']['kernel'].shape == (
+        params['params']['kernel'].shape
+    )
+
+
 def test_train_py_tool_times_only_windows_after_the_warm_up(tmp_path):
   rows = [
       {'step': 1, 'compile_seconds': 20.0},

@@ -1,25 +1,32 @@
 """SE-ResNet-50's convolutions one by one: XLA's CPU kernels against torch's.
 
-Times the forward of every distinct convolution of (SE-)ResNet-50 at one
-batch size: in JAX as se_flax runs it (`layers.Conv2d`: 1x1 convolutions
-as matrix products, the rest as XLA convolutions; jitted with
-`runtime.compiler_options()` after `runtime.configure()`, as `train.py`
-does) and in torch as timm runs it (`nn.Conv2d`, channels_last, inference
-mode, torch's default threads). Each round times one op on both sides in
-turn, alternating which goes first; per op the median of the paired
-ratios is printed, and the totals weighted by how often each op occurs
-in the network.
+Times every distinct convolution of (SE-)ResNet-50 at one batch size:
+its forward (`--kind infer`), or its forward and the gradients a train
+step takes (`--kind train`: the kernel's and the input's, except for the
+stem, whose input is the image), from a random cotangent. In JAX as
+se_flax runs it (`layers.Conv2d`: 1x1 convolutions as matrix products,
+with `cpu_grads.matmul`'s gradient; the rest as XLA convolutions; jitted
+with `runtime.compiler_options()` after `runtime.configure()`, as
+`train.py` does) and in torch as timm runs it (`nn.Conv2d`,
+channels_last, inference mode or autograd with the gradients set to
+None before each call, torch's default threads). Each round times one op
+on both sides in turn, alternating which goes first; per op the median
+of the paired ratios is printed, and the totals weighted by how often
+each op occurs in the network.
 
   python tools/compare_conv_kernels_with_torch.py \\
-      --torch_python /path/to/venv-with-torch/bin/python [--batch 1]
+      --torch_python /path/to/venv-with-torch/bin/python \\
+      [--batch 1] [--kind train]
 
 What it answers: how much of a whole-network gap against timm is the
-convolution kernels themselves (PERFORMANCE.md, entry 17). Diagnostic
-only; the SE layers' small matrix products and the element-wise work
-are not in it.
+convolution kernels themselves (PERFORMANCE.md, entries 17 and 18); with
+`--kind train`, what is left of a train step's time once its
+convolutions are paid for. Diagnostic only; the SE layers' small matrix
+products and the element-wise work are not in it.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -83,45 +90,113 @@ def _timer(run, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def jax_ops(batch: int, convs: list) -> list:
-  """One blocking zero-argument callable per conv (se_flax's Conv2d)."""
-  from se_flax import runtime
+def input_gradient(index: int) -> bool:
+  """Whether a train step differentiates conv `index`'s input: all but the
+  stem's (the image); XLA and autograd both skip that gradient."""
+  return index > 0
 
-  runtime.configure()
+
+def _gradients(apply, of_input: bool, params, x, cotangent):
+  """The forward's output (returned, so XLA cannot drop the forward) and
+  the kernel's (and the input's) gradient."""
+  import jax
+
+  if of_input:
+    y, pull = jax.vjp(apply, params, x)
+  else:
+    y, pull = jax.vjp(lambda p: apply(p, x), params)
+  return y, pull(cotangent)
+
+
+def jax_programs(batch: int, convs: list, kind: str = 'infer') -> list:
+  """`(jitted function, arguments)` per conv, as se_flax's Conv2d runs it.
+
+  `kind='train'`: the forward and, from a cotangent passed in (random
+  values: a constant one would let XLA simplify the products), the
+  gradients a train step takes (`input_gradient`), under se_flax's
+  layer rules (1x1 weight gradients by `cpu_grads.matmul` on CPU).
+  """
+  import jax
+
+  from se_flax import runtime
+  from se_flax.layers import Conv2d
+
+  programs = []
+  options = runtime.compiler_options()
+  for index, (_, size, c_in, c_out, k, stride, _) in enumerate(convs):
+    layer = Conv2d(c_out, k, strides=stride)
+    x = jax.random.normal(jax.random.PRNGKey(2), (batch, size, size, c_in))
+    params = layer.init(jax.random.PRNGKey(0), x)
+    if kind == 'infer':
+      programs.append(
+          (jax.jit(layer.apply, compiler_options=options), (params, x))
+      )
+      continue
+    cotangent = jax.random.normal(
+        jax.random.PRNGKey(1), jax.eval_shape(layer.apply, params, x).shape
+    )
+    run = functools.partial(_gradients, layer.apply, input_gradient(index))
+    programs.append(
+        (jax.jit(run, compiler_options=options), (params, x, cotangent))
+    )
+  return programs
+
+
+def jax_ops(batch: int, convs: list, kind: str = 'infer') -> list:
+  """One blocking zero-argument callable per conv (`jax_programs`), and
+  last the per-call floor: a jitted one-element add, called the same way."""
   import jax
   import jax.numpy as jnp
 
-  from se_flax.layers import Conv2d
-
-  ops = []
-  for _, size, c_in, c_out, k, stride, _ in convs:
-    layer = Conv2d(c_out, k, strides=stride)
-    x = jnp.ones((batch, size, size, c_in), jnp.float32)
-    params = layer.init(jax.random.PRNGKey(0), x)
-    forward = jax.jit(layer.apply, compiler_options=runtime.compiler_options())
-    ops.append(lambda f=forward, p=params, x=x: f(p, x).block_until_ready())
-  # The per-call floor: a jitted one-element add, called the same way.
+  ops = [
+      lambda f=f, args=args: jax.block_until_ready(f(*args))
+      for f, args in jax_programs(batch, convs, kind)
+  ]
   floor = jax.jit(lambda x: x + 1)
   one = jnp.ones((1,), jnp.float32)
   ops.append(lambda: floor(one).block_until_ready())
   return ops
 
 
-def torch_side(batch: int, warmup: int) -> None:
+def _torch_train_op(conv, x):
+  """Forward and backward from a random cotangent, gradients set to None
+  first as `optimizer.zero_grad()` does."""
+  import torch
+
+  with torch.no_grad():
+    cotangent = torch.randn_like(conv(x))
+
+  def run():
+    conv.weight.grad = x.grad = None
+    conv(x).backward(cotangent)
+
+  return run
+
+
+def torch_side(batch: int, warmup: int, kind: str) -> None:
   """The torch worker: reads `{"op": i, "steps": n}` lines, answers seconds."""
+  import contextlib
+
   import torch
 
   ops = []
-  for _, size, c_in, c_out, k, stride, _ in resnet50_convs():
+  for index, (_, size, c_in, c_out, k, stride, _) in enumerate(
+      resnet50_convs()
+  ):
     conv = torch.nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False)
-    conv = conv.to(memory_format=torch.channels_last).eval()
+    conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(batch, c_in, size, size).contiguous(
         memory_format=torch.channels_last
     )
-    ops.append(lambda conv=conv, x=x: conv(x))
+    if kind == 'infer':
+      ops.append(lambda conv=conv.eval(), x=x: conv(x))
+    else:
+      x.requires_grad_(input_gradient(index))
+      ops.append(_torch_train_op(conv.train(), x))
   one = torch.ones(1)
   ops.append(lambda: one + 1)  # The per-call floor, as on the JAX side.
-  with torch.inference_mode():
+  mode = torch.inference_mode() if kind == 'infer' else contextlib.nullcontext()
+  with mode:
     for op in ops:
       _timer(op, warmup)  # torch's CPU kernels run synchronously.
     # The protocol of se_flax.benchmark.workers.WorkerProcess.
@@ -138,13 +213,19 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--torch_python')
   parser.add_argument('--batch', type=int, default=1)
+  parser.add_argument(
+      '--kind',
+      choices=('infer', 'train'),
+      default='infer',
+      help='forward only, or forward and the gradients a train step takes',
+  )
   parser.add_argument('--rounds', type=int, default=9)
   parser.add_argument('--steps', type=int, default=20, help='calls per round')
   parser.add_argument('--warmup', type=int, default=3)
   parser.add_argument('--side', choices=('jax', 'torch'), default='jax')
   args = parser.parse_args()
   if args.side == 'torch':
-    torch_side(args.batch, args.warmup)
+    torch_side(args.batch, args.warmup, args.kind)
     return
   if not args.torch_python:
     parser.error('--torch_python is required')
@@ -160,6 +241,7 @@ def main():
           'torch',
           f'--batch={args.batch}',
           f'--warmup={args.warmup}',
+          f'--kind={args.kind}',
       ],
       'torch convolutions',
   )
@@ -169,7 +251,10 @@ def main():
     def torch_op(index: int) -> float:
       return torch_worker.request(op=index, steps=args.steps)['seconds']
 
-    ops = jax_ops(args.batch, convs)
+    from se_flax import runtime
+
+    runtime.configure()  # As train.py does, before JAX starts.
+    ops = jax_ops(args.batch, convs, args.kind)
     for op in ops:
       _timer(op, args.warmup)
     times = {side: [[] for _ in ops] for side in ('jax', 'torch')}
@@ -184,8 +269,10 @@ def main():
   finally:
     torch_worker.close()
 
+  what = 'forward' if args.kind == 'infer' else 'forward + gradients'
   print(
-      f'batch {args.batch}, fp32, {args.rounds} rounds x {args.steps} calls; '
+      f'{what}, batch {args.batch}, fp32, {args.rounds} rounds x '
+      f'{args.steps} calls; '
       f'torch {threads} threads; times are medians, ms per call'
   )
   print(
