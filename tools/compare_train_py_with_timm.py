@@ -9,7 +9,7 @@ then the same number of timm steps; the ratio is per round (paired), then
 the median, as in `python -m se_flax.benchmark`.
 
   python tools/compare_train_py_with_timm.py \\
-      --torch_python /path/to/venv-with-torch-and-timm/bin/python \\
+      [--torch_python /path/to/venv-with-torch-and-timm/bin/python] \\
       [--rounds 3 --steps 16 --log_every 4 --warmup_steps 8 --batch 16]
 
 Windows that start before `--warmup_steps` are dropped: a fresh process's
@@ -23,8 +23,10 @@ steps), and timm runs as many. The defaults time steps 9-16.
 (resnet50 for seresnet50), so SE / plain is paired per round as well
 (the order of the two train.py runs alternates between rounds). With 6
 rounds or more, each median comes with its distribution-free 95% interval
-(`timing.median_interval`). Extra `--config.*` overrides go after `--`.
-Needs no TensorFlow (the synthetic config).
+(`timing.median_interval`). Without `--torch_python` (then
+`--se_overhead` is required) only the two `train.py` twins run, round by
+round: SE / plain with no timm process between them. Extra `--config.*`
+overrides go after `--`. Needs no TensorFlow (the synthetic config).
 """
 
 import argparse
@@ -103,7 +105,9 @@ def _logged_run(args, extra, workdir: str) -> list:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--torch_python', required=True)
+  parser.add_argument(
+      '--torch_python', help='timm side; omit for train.py twins only'
+  )
   parser.add_argument('--python', default=sys.executable)
   parser.add_argument('--model', default='seresnet50')
   parser.add_argument('--timm_model', default=None, help='default: --model')
@@ -125,15 +129,21 @@ def main():
   )
   args, extra = parser.parse_known_args()
   extra = [a for a in extra if a != '--']
-  timm_names = {'se': args.timm_model or args.model}
-  if args.se_overhead:
-    timm_names['plain'] = cli.timm_plain_name(timm_names['se'])
-    if not timm_names['plain']:
-      raise SystemExit(f'no plain timm twin of {timm_names["se"]}')
+  if not args.torch_python and not args.se_overhead:
+    parser.error(
+        'nothing to compare: give --torch_python, --se_overhead or both'
+    )
+  twins = ['se', 'plain'] if args.se_overhead else ['se']
+  sides = ['train.py', 'timm'] if args.torch_python else ['train.py']
+  timm_names = {}
+  if args.torch_python:
+    timm_names['se'] = args.timm_model or args.model
+    if args.se_overhead:
+      timm_names['plain'] = cli.timm_plain_name(timm_names['se'])
+      if not timm_names['plain']:
+        raise SystemExit(f'no plain timm twin of {timm_names["se"]}')
   timm_workers = {}
-  times = {
-      (who, twin): [] for who in ('train.py', 'timm') for twin in timm_names
-  }
+  times = {(who, twin): [] for who in sides for twin in twins}
   try:
     for twin, name in timm_names.items():
       timm_workers[twin] = workers.torch_worker(
@@ -145,14 +155,12 @@ def main():
           python=args.torch_python,
       )
     for round_ in range(args.rounds):
-      order = list(timm_names)
-      if round_ % 2:
-        order.reverse()
+      order = twins if round_ % 2 == 0 else twins[::-1]
       for twin in order:
         twin_extra = ['--config.model.se=False'] if twin == 'plain' else []
         timed_steps, seconds = run_train_py(args, extra + twin_extra)
         times['train.py', twin].append(seconds)
-      for twin in order:
+      for twin in order if timm_workers else ():
         answer = timm_workers[twin].request(kind='train', steps=timed_steps)
         times['timm', twin].append(answer['wall_s'] / timed_steps)
       shown = '; '.join(
@@ -169,9 +177,11 @@ def main():
     summary = timing.time_ratio_summary(ratios)
     print(f'{what}: median time ratio {report.format_time_ratio(summary)}')
 
-  show('train.py / timm', ('train.py', 'se'), ('timm', 'se'))
+  if args.torch_python:
+    show('train.py / timm', ('train.py', 'se'), ('timm', 'se'))
   if args.se_overhead:
     show('train.py SE / plain', ('train.py', 'se'), ('train.py', 'plain'))
+  if args.se_overhead and args.torch_python:
     show('timm SE / plain', ('timm', 'se'), ('timm', 'plain'))
     show(
         'train.py plain / timm plain', ('train.py', 'plain'), ('timm', 'plain')
