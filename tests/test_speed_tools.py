@@ -70,37 +70,33 @@ def _count_ops(hlo_text, opcode):
 
 def test_conv_train_programs_keep_the_forward_and_the_step_gradients():
   tool = _tool()
-  # The stem, the first 1x1 and the first 3x3, on 32-px images.
+  # The stem, the first 1x1 and the first 3x3, on 32-px images, batch 2.
   convs = tool.resnet50_convs(32)[:3]
   programs = tool.jax_programs(2, convs, 'train')
-  # Forward + kernel gradient for the stem (its input is the image);
-  # forward + kernel and input gradients for the others.
-  expected_convolutions = [2, 0, 3]
-  expected_products = [0, 3, 0]
-  for (f, args), convolutions, products, conv in zip(
-      programs, expected_convolutions, expected_products, convs
+  # (convolutions, products) in each compiled program: the forward and
+  # the kernel's gradient for the stem (its input is the image); the
+  # forward and both gradients for the others (1x1s are products).
+  expected = [(2, 0), (0, 3), (3, 0)]
+  for index, ((f, args), conv, counts) in enumerate(
+      zip(programs, convs, expected)
   ):
+    name, size, _, c_out, _, stride, _ = conv
     params, x, cotangent = args
     # The cotangent is an argument: a constant would let XLA fold it in.
-    assert cotangent.shape == (
-        2,
-        conv[1] // conv[5],
-        conv[1] // conv[5],
-        conv[3],
-    )
+    assert cotangent.shape == (2, size // stride, size // stride, c_out)
     text = f.lower(*args).compile().as_text()
-    assert _count_ops(text, 'convolution') == convolutions, conv[0]
-    assert _count_ops(text, 'dot') == products, conv[0]
+    assert (_count_ops(text, 'convolution'), _count_ops(text, 'dot')) == (
+        counts
+    ), name
     y, grads = f(*args)
     assert y.shape == cotangent.shape
-    if tool.input_gradient(convs.index(conv)):
+    if tool.input_gradient(index):
       grad_params, grad_x = grads
       assert grad_x.shape == x.shape
     else:
       (grad_params,) = grads
-    assert grad_params['params']['kernel'].shape == (
-        params['params']['kernel'].shape
-    )
+    kernel = params['params']['kernel']
+    assert grad_params['params']['kernel'].shape == kernel.shape
 
 
 def test_train_py_tool_times_only_windows_after_the_warm_up(tmp_path):
