@@ -134,7 +134,6 @@ def main():
         'nothing to compare: give --torch_python, --se_overhead or both'
     )
   twins = ['se', 'plain'] if args.se_overhead else ['se']
-  sides = ['train.py', 'timm'] if args.torch_python else ['train.py']
   timm_names = {}
   if args.torch_python:
     timm_names['se'] = args.timm_model or args.model
@@ -143,7 +142,11 @@ def main():
       if not timm_names['plain']:
         raise SystemExit(f'no plain timm twin of {timm_names["se"]}')
   timm_workers = {}
-  times = {(who, twin): [] for who in sides for twin in twins}
+  times = {
+      (who, twin): []
+      for who, names in (('train.py', twins), ('timm', timm_names))
+      for twin in names
+  }
   try:
     for twin, name in timm_names.items():
       timm_workers[twin] = workers.torch_worker(
@@ -160,7 +163,7 @@ def main():
         twin_extra = ['--config.model.se=False'] if twin == 'plain' else []
         timed_steps, seconds = run_train_py(args, extra + twin_extra)
         times['train.py', twin].append(seconds)
-      for twin in order if timm_workers else ():
+      for twin in (order if timm_workers else ()):
         answer = timm_workers[twin].request(kind='train', steps=timed_steps)
         times['timm', twin].append(answer['wall_s'] / timed_steps)
       shown = '; '.join(
