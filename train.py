@@ -9,6 +9,8 @@ Exit status, for schedulers:
   1   failed; the last line of stderr names the cause and the path
   75  preempted (SIGTERM): the state was saved, run the same command again
   130 Ctrl-C: the state was saved (a second Ctrl-C aborts without saving)
+They hold behind a pipe too (`train.py ... 2>&1 | tee log`), whose reader
+the same signal to the process group ends: output then goes nowhere.
 """
 
 import importlib.util
@@ -59,6 +61,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from se_flax import runtime
   from se_flax.train import cli
+  # Before anything is written: output piped to a reader that goes away
+  # (Ctrl-C to `train.py | tee log` ends tee too) must not decide the exit.
+  cli.guard_output_streams()
   # First: the allocator and XLA_FLAGS must be set before any thread of
   # JAX or TensorFlow allocates.
   settings = runtime.configure() if FLAGS.tune_runtime else None
@@ -86,19 +91,18 @@ def main(argv):
     result = loop.train_and_evaluate(config, FLAGS.workdir)
   except _expected_errors() as e:
     cli.fail('train.py', e, EXIT_FAILED)
-  if result.preempted:
-    code = (
-        EXIT_INTERRUPTED if result.stop_signal == 'SIGINT' else (EXIT_PREEMPTED)
-    )
-    print(
-        f'train.py: {result.stop_signal}: stopped at step '
-        f'{int(result.state.step)}, state saved in {FLAGS.workdir}. Exit '
-        f'{code}: run the same command to resume.',
-        file=sys.stderr,
-        flush=True,
-    )
-    return code
-  return 0
+  if not result.preempted:
+    return 0
+  # Decided before anything is printed: the message may have no reader.
+  code = EXIT_INTERRUPTED if result.stop_signal == 'SIGINT' else EXIT_PREEMPTED
+  print(
+      f'train.py: {result.stop_signal}: stopped at step '
+      f'{int(result.state.step)}, state saved in {FLAGS.workdir}. Exit '
+      f'{code}: run the same command to resume.',
+      file=sys.stderr,
+      flush=True,
+  )
+  return code
 
 
 if __name__ == '__main__':

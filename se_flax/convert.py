@@ -19,7 +19,6 @@ The other timm-backed families have one layout each (`KeyLayout`):
 
 import dataclasses
 import functools
-import os
 import re
 from typing import Any, Callable, Mapping, Optional
 
@@ -27,11 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from se_flax import state_files
 from se_flax.models import registry
 from se_flax.models.inception import InceptionResNetV2
 from se_flax.models.mobilenet import MobileNetV1
 from se_flax.models.resnet import ResNet
 from se_flax.models.vgg import VGG
+
+# Reading timm/torch files lives in `state_files`; kept here by its old name.
+load_state_dict = state_files.load_state_dict
 
 _PARAM_SUFFIX = {
     'kernel': 'weight',
@@ -290,12 +293,6 @@ def timm_layout(name: str, num_classes: int = 1000) -> dict[str, _Leaf]:
   return leaves
 
 
-def _to_numpy(x) -> np.ndarray:
-  if hasattr(x, 'detach'):  # A torch tensor, without importing torch.
-    x = x.detach().cpu().numpy()
-  return np.asarray(x)
-
-
 def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
   """Converts a timm state dict of model `name` to Flax variables.
 
@@ -350,7 +347,7 @@ def from_timm(state_dict: Mapping[str, Any], name: str) -> dict[str, Any]:
     for part in leaf.path[:-1]:
       node = node.setdefault(part, {})
     node[leaf.path[-1]] = np.ascontiguousarray(
-        leaf.from_torch(_to_numpy(state[key]))
+        leaf.from_torch(state_files.to_numpy(state[key]))
     )
   return variables
 
@@ -382,29 +379,6 @@ def to_timm(variables: Mapping[str, Any], name: str) -> dict[str, np.ndarray]:
           0, np.int64
       )
   return state
-
-
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a `.safetensors` file (numpy only) or a torch `.pth`/`.pt`/`.bin`."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No checkpoint file at {path!r}')
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-
-    return load_file(path)
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(
-        f'Reading {path!r} needs torch; convert it to '
-        '.safetensors or install torch'
-    ) from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
-  for wrapper in ('state_dict', 'model', 'state_dict_ema'):
-    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-      state = state[wrapper]
-      break
-  return {k.removeprefix('module.'): _to_numpy(v) for k, v in state.items()}
 
 
 def load_timm_checkpoint(path: str, name: str, **overrides):

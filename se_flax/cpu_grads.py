@@ -80,6 +80,8 @@ def _window_tap(
       _axis_taps(offset_h, stride, x.shape[1], out_hw[0]),
       _axis_taps(offset_w, stride, x.shape[2], out_hw[1]),
   )
+  if i1 < i0 or j1 < j0:  # The tap never lands in x (a tiny input).
+    return jnp.full((x.shape[0], *out_hw, x.shape[3]), -jnp.inf, x.dtype)
   tap = lax.slice(
       x,
       (0, stride * i0 + offset_h, stride * j0 + offset_w, 0),

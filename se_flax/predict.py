@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -38,6 +39,10 @@ class Prediction:
   @property
   def name(self) -> str:
     return self.description or self.label or f'class {self.class_id}'
+
+
+class NonFiniteOutputError(ValueError):
+  """The model's outputs hold NaN or infinity: the weights are damaged."""
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -72,9 +77,42 @@ def probabilities(
       x = np.concatenate(
           [x, np.zeros((batch_size - real, *x.shape[1:]), x.dtype)]
       )
-    probs = _softmax_logits(pretrained.model, pretrained.variables, x)
-    out.append(np.asarray(probs)[:real])
+    probs = np.asarray(
+        _softmax_logits(pretrained.model, pretrained.variables, x)
+    )[:real]
+    _check_finite(probs, pretrained, images[start : start + real])
+    out.append(probs)
   return np.concatenate(out)
+
+
+def _nonfinite_weights(variables) -> list[str]:
+  leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
+  return [
+      jax.tree_util.keystr(path, simple=True, separator='/')
+      for path, leaf in leaves
+      if not np.isfinite(np.asarray(leaf)).all()
+  ]
+
+
+def _check_finite(probs, pretrained, images) -> None:
+  """Refuses NaN/inf outputs: they would print as 'nan%' for every class."""
+  bad = ~np.isfinite(probs).all(axis=-1)
+  if not bad.any():
+    return
+  first = images[int(np.argmax(bad))]
+  where = (
+      os.fspath(first) if isinstance(first, (str, os.PathLike)) else 'an image'
+  )
+  weights = _nonfinite_weights(pretrained.variables)
+  cause = (
+      f'{len(weights)} weight array(s) hold NaN or inf ({weights[0]}, ...)'
+      if weights
+      else 'the weights are finite, so the input or the computation is not'
+  )
+  raise NonFiniteOutputError(
+      f'{pretrained.source}: the logits are not finite (NaN or inf) for '
+      f'{where}: {cause}'
+  )
 
 
 def predict(
@@ -84,7 +122,9 @@ def predict(
     top_k: int = 5,
     use_test_size: bool = True,
 ) -> list[list[Prediction]]:
-  """The `top_k` classes of each image, most probable first."""
+  """The `top_k` (>= 1) classes of each image, most probable first."""
+  if top_k < 1:
+    raise ValueError(f'top_k must be >= 1, got {top_k}')
   probs = probabilities(pretrained, images, use_test_size=use_test_size)
   cfg = pretrained.config
   results = []
@@ -108,6 +148,16 @@ def predict(
   return results
 
 
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {text!r}')
+  return value
+
+
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog='python -m se_flax.predict',
@@ -125,7 +175,12 @@ def _parse(argv):
       help='architecture (or tag) for files that do not say',
   )
   parser.add_argument('--revision', default=None, help='Hub revision')
-  parser.add_argument('--top-k', type=int, default=5)
+  parser.add_argument(
+      '--top-k',
+      type=_positive_int,
+      default=5,
+      help='classes shown per image (>= 1; default 5)',
+  )
   parser.add_argument(
       '--train-size',
       action='store_true',
@@ -136,28 +191,23 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  from se_flax.train import cli
+def _expected_errors() -> tuple:
+  """The failures `main` reports in one line (evaluated as they happen)."""
+  errors = (OSError, ValueError, ImportError, NotImplementedError)
+  # A damaged export or workdir raises CheckpointError; its module (and
+  # Orbax) is imported only when such a source is read.
+  checkpoint = sys.modules.get('se_flax.train.checkpoint')
+  return errors + ((checkpoint.CheckpointError,) if checkpoint else ())
 
-  args = _parse(argv)
-  cli.quiet_library_logs(verbosity=0)
-  started = time.perf_counter()
-  try:
-    pretrained = load_lib.load_pretrained(
-        args.pretrained, model_name=args.model_name, revision=args.revision
-    )
-    loaded = time.perf_counter()
-    results = predict(
-        pretrained,
-        args.images,
-        top_k=args.top_k,
-        use_test_size=not args.train_size,
-    )
-  # OSError: also the Hub client's HTTP and connection errors.
-  except (OSError, ValueError, ImportError, NotImplementedError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  done = time.perf_counter()
+
+def _error(message: str) -> None:
+  try:  # stderr may be a closed pipe too
+    print(f'error: {message}', file=sys.stderr)
+  except OSError:
+    pass
+
+
+def _show(args, pretrained, results) -> None:
   for path, preds in zip(args.images, results):
     if args.json:
       print(
@@ -173,6 +223,27 @@ def main(argv=None) -> int:
       print(path)
       for p in preds:
         print(f'  {p.probability:7.2%}  {p.name}')
+
+
+def _run(args) -> int:
+  started = time.perf_counter()
+  try:
+    pretrained = load_lib.load_pretrained(
+        args.pretrained, model_name=args.model_name, revision=args.revision
+    )
+    loaded = time.perf_counter()
+    results = predict(
+        pretrained,
+        args.images,
+        top_k=args.top_k,
+        use_test_size=not args.train_size,
+    )
+  # OSError: also the Hub client's HTTP and connection errors.
+  except _expected_errors() as e:
+    _error(str(e))
+    return 2
+  done = time.perf_counter()
+  _show(args, pretrained, results)
   if not args.json:
     print(
         f'({pretrained.model_name} from {pretrained.source}; loaded in '
@@ -180,6 +251,25 @@ def main(argv=None) -> int:
         file=sys.stderr,
     )
   return 0
+
+
+def main(argv=None) -> int:
+  from se_flax.train import cli
+
+  args = _parse(argv)
+  cli.quiet_library_logs(verbosity=0)
+  try:
+    return _run(args)
+  except KeyboardInterrupt:
+    _error('interrupted')
+    return 130
+  except BrokenPipeError:
+    # The reader left (`| head`). Python's recipe: point stdout at
+    # /dev/null, so that its flush at exit does not fail again. 141 is
+    # 128 + SIGPIPE, what a program stopped by a closed pipe returns.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 if __name__ == '__main__':

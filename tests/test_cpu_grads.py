@@ -28,9 +28,12 @@ def _ties(shape, key, dtype=jnp.float32):
         (12, 3, 2, ((1, 1), (1, 1))),  # ResNet stem (torchvision)
         (13, 3, 2, ((0, 1), (0, 1))),  # Caffe ceil mode: bottom/right only
         (9, 3, 1, ((1, 1), (1, 1))),  # Inception branch pool
-        (10, 2, 2, ((0, 0), (0, 0))),
+        (10, 2, 2, ((0, 0), (0, 0))),  # VGG
+        # Inputs smaller than the window: taps that never land in x.
+        (1, 3, 2, ((1, 1), (1, 1))),
+        (2, 3, 2, ((0, 2), (0, 2))),
     ],
-)  # VGG
+)
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_max_pool_rule_equals_xla(size, window, stride, pads, dtype):
   x = _ties((2, size, size + 1, 5), 0, dtype)

@@ -18,71 +18,40 @@ or the dataset given) with `gates.excitation_statistics` and writes to OUT:
 - quantiles.npz with --histogram-bins; TensorBoard images when CLU and
   TensorFlow are installed.
 
+Without --classes it shows the paper's goldfish, pug, plane and cliff
+that have examples in the data, then its most populous classes, 4 in all,
+and says which and why (`classes.default_classes`); 'plane' is the
+aircraft (airliner, n02690373), and a line says so.
+
 Images are normalised as the weights expect: a run's by ImageNet's
 mean/std (as in training), timm's by their own config's.
+
+Expected failures (an argument out of range, an --output it cannot write,
+an unknown class or layer, an unreadable source or dataset) end it with
+one line naming the argument or path and the cause, exit status 2; all
+but data errors found during the pass come before it.
 """
 
+import os
 import re
-from typing import Optional, Sequence
+import time
+from typing import Optional
 
 import numpy as np
 
+from se_flax.analysis.classes import default_classes
+from se_flax.analysis.cli_checks import check_output_dir
+from se_flax.analysis.cli_checks import data_of_config_file
+from se_flax.analysis.cli_checks import expected_errors
+from se_flax.analysis.cli_checks import int_at_least
+from se_flax.analysis.classes import resolve_classes
 from se_flax.analysis.gates import GateStatistics
-from se_flax.analysis.gates import NoSEBlocksError
 from se_flax.analysis.gates import excitation_statistics
 from se_flax.analysis.gates import figure_layers
 from se_flax.analysis.gates import se_layers
 from se_flax.analysis.gates import select_layers
 
 # -- class names ---------------------------------------------------------------
-
-
-def resolve_classes(
-    wanted: Sequence[str],
-    label_names: Optional[Sequence[str]],
-    label_descriptions: Optional[Sequence[str]] = None,
-) -> list[int]:
-  """Class ids for names: an id ('1'), a label name ('n01443537'), a
-  description or one of its comma-separated lemmas ('goldfish').
-
-  A lemma shared by several classes (ImageNet's 'crane') is an error that
-  lists them. Note ImageNet's 'plane' is the carpenter's tool (726); the
-  paper's "plane" may be the airliner (404) or warplane (895).
-  """
-  names = [n.lower() for n in label_names or ()]
-  descriptions = [d.lower() for d in label_descriptions or ()]
-  lemmas = [[t.strip() for t in d.split(',')] for d in descriptions]
-  num = len(names) or len(descriptions)
-  ids = []
-  for token in wanted:
-    t = token.strip().lower()
-    if t.isdigit() and (not num or int(t) < num):
-      ids.append(int(t))
-      continue
-    tiers = (
-        [k for k, n in enumerate(names) if n == t],
-        [k for k, d in enumerate(descriptions) if d == t],
-        [k for k, ls in enumerate(lemmas) if ls[0] == t],
-        [k for k, ls in enumerate(lemmas) if t in ls],
-    )
-    found = next((tier for tier in tiers if tier), [])
-    if len(found) == 1:
-      ids.append(found[0])
-    elif found:
-      choices = ', '.join(
-          f'{k} ({label_names[k] if label_names else ""}: '
-          f'{label_descriptions[k] if label_descriptions else ""})'
-          for k in found
-      )
-      raise ValueError(f'Class {token!r} is ambiguous: {choices}')
-    else:
-      known = 'no class names' if not num else f'{num} named classes'
-      raise ValueError(
-          f'Unknown class {token!r} (the dataset has {known}); give a class '
-          'id, a label name (ImageNet: a synset id such as n01443537) or a '
-          'description'
-      )
-  return ids
 
 
 def _descriptions_for(label_names) -> Optional[tuple[str, ...]]:
@@ -92,9 +61,6 @@ def _descriptions_for(label_names) -> Optional[tuple[str, ...]]:
   if label_names and tuple(label_names) == labels.imagenet_label_names():
     return labels.imagenet_descriptions()
   return None
-
-
-_PAPER_CLASSES = ('goldfish', 'pug', 'plane', 'cliff')
 
 
 def _dataset_labels(inputs, pretrained_config):
@@ -113,34 +79,33 @@ def _dataset_labels(inputs, pretrained_config):
   return names, descriptions or _descriptions_for(names)
 
 
-def _classes_to_plot(
+def _wanted_classes(
     wanted: Optional[str], names, descriptions, num_classes: int
-) -> list[int]:
-  """--classes, else the paper's four where they resolve, else 0..3."""
-  if wanted:
-    ids = resolve_classes(wanted.split(','), names, descriptions)
-  else:
-    try:
-      ids = resolve_classes(_PAPER_CLASSES, names, descriptions)
-    except ValueError:
-      ids = list(range(min(4, num_classes)))
+) -> Optional[list[int]]:
+  """--classes as ids (checked before the pass), or None: the defaults,
+  chosen after it from the classes that have examples."""
+  if not wanted:
+    return None
+  ids = resolve_classes(wanted.split(','), names, descriptions)
   outside = [k for k in ids if not 0 <= k < num_classes]
   if outside:
     raise ValueError(
-        f'Class id(s) {outside} out of range: the dataset has {num_classes} '
-        'classes'
+        f'--classes: class id(s) {outside} out of range: the dataset has '
+        f'{num_classes} classes'
     )
   return ids
 
 
 # -- the command -----------------------------------------------------------------
 
+PROG = 'python -m se_flax.analysis.excitation'
+
 
 def _parse_args(argv):
   import argparse
 
   parser = argparse.ArgumentParser(
-      prog='python -m se_flax.analysis.excitation',
+      prog=PROG,
       description="Per-class SE gate statistics and the paper's Figs. 6-7.",
   )
   model = parser.add_mutually_exclusive_group(required=True)
@@ -162,9 +127,10 @@ def _parse_args(argv):
   parser.add_argument('--output', required=True, help='directory to write')
   parser.add_argument(
       '--classes',
-      help='comma-separated ids, label names or descriptions to plot '
-      "(default: the paper's goldfish,pug,plane,cliff where the dataset has "
-      'them, else classes 0-3)',
+      help='comma-separated ids, label names or descriptions to plot; '
+      "'plane' is the aircraft (airliner, n02690373) (default: the paper's "
+      'goldfish,pug,plane,cliff that have examples in the data, then its '
+      'most populous classes, 4 in all)',
   )
   parser.add_argument(
       '--layers', help='SE layers to analyse (default: every SE block)'
@@ -176,18 +142,18 @@ def _parse_args(argv):
   )
   parser.add_argument(
       '--sample-cap',
-      type=int,
+      type=int_at_least(0),
       default=50,
       help='images per class counted, the first in stream order (the '
       "paper's 50); 0: all",
   )
-  parser.add_argument('--batch-size', type=int, default=64)
+  parser.add_argument('--batch-size', type=int_at_least(1), default=64)
   parser.add_argument(
-      '--channels', type=int, default=50, help='channels per panel'
+      '--channels', type=int_at_least(1), default=50, help='channels per panel'
   )
   parser.add_argument(
       '--histogram-bins',
-      type=int,
+      type=int_at_least(0),
       default=0,
       help='> 0: also quantiles (0.05, 0.5, 0.95) from this many bins',
   )
@@ -203,12 +169,12 @@ def _parse_args(argv):
   data.add_argument('--tfds-data-dir', help='TFDS data_dir with imagenet2012')
   data.add_argument(
       '--synthetic',
-      type=int,
+      type=int_at_least(1),
       metavar='N',
       help='N random-pixel images (smoke tests)',
   )
   data.add_argument('--split', help='eval split to read (TFDS)')
-  return parser, parser.parse_args(argv)
+  return parser.parse_args(argv)
 
 
 def _run_config(workdir: Optional[str]):
@@ -222,16 +188,13 @@ def _run_config(workdir: Optional[str]):
 
 def _data_config(args, pretrained):
   """The run's (or a new) config whose `data` describes what to read."""
+
   config = _run_config(args.workdir)
   if args.config:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location('data_config', args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config.data = module.get_config().data
+    config.data = data_of_config_file(args.config)
   elif args.folder:
-    config.data.source, config.data.folder_root = 'folder', args.folder
+    config.data.source = 'folder'
+    config.data.folder_root = os.path.abspath(args.folder)
   elif args.tfds_data_dir:
     config.data.source, config.data.data_dir = 'tfds', args.tfds_data_dir
   elif args.synthetic:
@@ -273,40 +236,41 @@ def _write_tensorboard(directory, images: dict) -> bool:
   return True
 
 
-def main(argv=None) -> int:
-  import os
-  import time
-
-  parser, args = _parse_args(argv)
-  from se_flax.train import cli
-
-  cli.quiet_library_logs(verbosity=0)
+def _load_model(args):
+  """(the loaded weights, the run's data config, the SE layers chosen)."""
   from se_flax import pretrained as pretrained_lib
-  from se_flax.analysis import plots
-  from se_flax.analysis import statistics as stats_lib
 
   source = args.workdir or args.pretrained
+  loaded = pretrained_lib.load_pretrained(source, model_name=args.model_name)
+  config = _data_config(args, loaded)
+  size = config.data.eval_image_size or config.data.image_size
   try:
-    loaded = pretrained_lib.load_pretrained(source, model_name=args.model_name)
-    config = _data_config(args, loaded)
-    size = config.data.eval_image_size or config.data.image_size
     available = se_layers(loaded.model, loaded.variables, (size, size, 3))
     chosen = select_layers(
         available, args.layers.split(',') if args.layers else None
     )
-  except (NoSEBlocksError, ValueError, FileNotFoundError) as e:
-    parser.exit(2, f'error: {source}: {e}\n')
+  except ValueError as e:  # NoSEBlocksError too: name the weights.
+    raise ValueError(f'{source}: {e}') from None
+  return loaded, config, chosen
 
-  from se_flax.train.inputs import create_inputs
 
-  try:  # Data errors (a bad folder, no prepared dataset) name their path.
-    inputs = create_inputs(config)
-    names, descriptions = _dataset_labels(inputs, loaded.config)
-    classes = _classes_to_plot(
-        args.classes, names, descriptions, inputs.num_classes
+def _panels(args, chosen) -> list[str]:
+  """The figures' layers, checked against the analysed ones."""
+  names = [l.name for l in chosen]
+  if not args.figure_layers:
+    return figure_layers(names)
+  panels = args.figure_layers.split(',')
+  unknown = [p for p in panels if p not in names]
+  if unknown:
+    raise ValueError(
+        f'--figure-layers {unknown} are not analysed; expected some of '
+        f'{names}'
     )
-  except (ValueError, FileNotFoundError) as e:
-    parser.exit(2, f'error: {e}\n')
+  return panels
+
+
+def _statistics(args, loaded, inputs, chosen, names, descriptions):
+  """One pass over the eval split, timed."""
   start = time.perf_counter()
   stats = excitation_statistics(
       loaded.model,
@@ -332,29 +296,30 @@ def main(argv=None) -> int:
   empty = stats.empty_classes()
   if empty:
     print(f'{len(empty)} of {stats.num_classes} classes have no examples')
-  for k in classes:
-    print(f'  {stats.class_label(k)}: {int(stats.count[k])} images')
+  return stats
 
-  os.makedirs(args.output, exist_ok=True)
-  stats.save(os.path.join(args.output, 'excitation.npz'))
+
+def _write_tables(stats: GateStatistics, output: str, histogram_bins: int):
+  """excitation.npz, class_specificity.{md,csv} (and quantiles.npz)."""
+  from se_flax.analysis import statistics as stats_lib
+
+  os.makedirs(output, exist_ok=True)
+  stats.save(os.path.join(output, 'excitation.npz'))
   rows = stats_lib.class_specificity(stats)
   table = stats_lib.specificity_markdown(rows)
   print(table)
-  with open(os.path.join(args.output, 'class_specificity.md'), 'w') as f:
+  with open(os.path.join(output, 'class_specificity.md'), 'w') as f:
     f.write(table + '\n')
-  with open(os.path.join(args.output, 'class_specificity.csv'), 'w') as f:
+  with open(os.path.join(output, 'class_specificity.csv'), 'w') as f:
     f.write(stats_lib.specificity_csv(rows))
-  if args.histogram_bins:
-    _write_quantiles(stats, args.output)
+  if histogram_bins:
+    _write_quantiles(stats, output)
 
-  panels = (
-      args.figure_layers.split(',')
-      if args.figure_layers
-      else figure_layers(list(stats.layers))
-  )
-  unknown = [p for p in panels if p not in stats.layers]
-  if unknown:
-    parser.exit(2, f'error: --figure-layers {unknown} were not analysed\n')
+
+def _write_figures(stats, panels, classes, args) -> list[str]:
+  """Fig. 6 and a Fig. 7 per class with examples; their names."""
+  from se_flax.analysis import plots
+
   figures = {
       'fig6_class_means': plots.class_means_figure(
           stats, panels, classes, num_channels=args.channels
@@ -371,6 +336,29 @@ def main(argv=None) -> int:
     plots.save(fig, os.path.join(args.output, f'{name}.png'))
   if _write_tensorboard(args.output, images):
     print(f'TensorBoard images: tensorboard --logdir {args.output}')
+  return list(figures)
+
+
+def _analyse(args) -> int:
+  """The command; expected failures raise (main prints them)."""
+  from se_flax.train.inputs import create_inputs
+
+  check_output_dir(args.output, '--output')  # Before the long pass.
+  loaded, config, chosen = _load_model(args)
+  panels = _panels(args, chosen)
+  inputs = create_inputs(config)  # Data errors name their path.
+  names, descriptions = _dataset_labels(inputs, loaded.config)
+  classes = _wanted_classes(
+      args.classes, names, descriptions, inputs.num_classes
+  )
+  stats = _statistics(args, loaded, inputs, chosen, names, descriptions)
+  if classes is None:
+    classes = default_classes(stats)
+  for k in classes:
+    none = '' if stats.count[k] else ' (none in this data: no Fig. 7)'
+    print(f'  {stats.class_label(k)}: {int(stats.count[k])} images{none}')
+  _write_tables(stats, args.output, args.histogram_bins)
+  figures = _write_figures(stats, panels, classes, args)
   print(
       f'Wrote {args.output}: excitation.npz, class_specificity.{{md,csv}}, '
       + ', '.join(f'{n}.png' for n in figures)
@@ -378,10 +366,20 @@ def main(argv=None) -> int:
   return 0
 
 
+def main(argv=None) -> int:
+  args = _parse_args(argv)
+  from se_flax.train import cli
+
+  cli.quiet_library_logs(verbosity=0)
+  cli.install_quiet_shutdown()
+  try:
+    return _analyse(args)
+  except expected_errors() as e:
+    cli.fail(PROG, e, code=2)
+
+
 def _write_quantiles(stats: GateStatistics, output: str) -> None:
   """quantiles.npz: '<layer>' -> (K, C, 3) at q = 0.05, 0.5, 0.95."""
-  import os
-
   q = (0.05, 0.5, 0.95)
   arrays = {name: s.quantiles(q) for name, s in stats.layers.items()}
   arrays['q'] = np.asarray(q)

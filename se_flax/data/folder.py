@@ -21,6 +21,8 @@ ignored, as are other files and subfolders. The format is judged from the
 bytes, so a PNG named .jpg decodes too; JPEGs take the fused
 decode-and-crop path. Grayscale and RGBA images become RGB. The only
 preparation is `scan_folder`: one listing per class folder, nothing read.
+Images over `large_images.LARGE_IMAGE_PIXELS` (judged from their header
+as they are read) are used, with a warning naming the first.
 
 Errors: `scan_folder` raises `FolderError` (a ValueError naming the path
 and what was expected) for a missing ROOT, train/ or val/, a split with no
@@ -59,6 +61,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from se_flax.data import large_images
 from se_flax.data import stream
 from se_flax.data import tf_setup
 
@@ -278,10 +281,11 @@ def train_dataset(
   # An epoch holds only its permutation; paths are gathered per batch.
   ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
   preprocess = stream.train_preprocess_fn(data_config, jpeg=None)
+  files = large_images.CheckedReader('training')
 
   def decode(position, path, label):
     seed = stream.augmentation_seed(augment_root, position)
-    image = preprocess(tf.io.read_file(path), seed)
+    image = preprocess(files.read(path), seed)
     return {'image': image, 'label': label, 'path': path}
 
   def fallback(position, index):
@@ -375,12 +379,13 @@ def create_eval_iterator(
   num_local = int(paths.shape[0])
   size = stream.eval_image_size(data_config)
   preprocess = stream.eval_preprocess_fn(data_config, jpeg=None)
+  files = large_images.CheckedReader('eval')
 
   def decode(path, label, real):
     # Padding (real False) is neither read nor decoded.
     image = tf.cond(
         real,
-        lambda: preprocess(tf.io.read_file(path)),
+        lambda: preprocess(files.read(path)),
         lambda: tf.zeros([size, size, 3], tf.uint8),
     )
     return {'image': image, 'label': label, 'path': path}

@@ -107,6 +107,11 @@ def from_hub_config(
   Both of timm's formats: the nested one (`architecture`, `num_classes`,
   `pretrained_cfg`, `label_names`, ...) and the older flat one.
   """
+  if not isinstance(config_json, Mapping):
+    raise ValueError(
+        f'Not a timm config.json: a JSON {type(config_json).__name__}, '
+        'not an object'
+    )
   if 'architecture' not in config_json:
     raise ValueError(
         'Not a timm config.json: it has no "architecture" field (keys: '

@@ -5,6 +5,7 @@ directory, or a training workdir."""
 import dataclasses
 import json
 import os
+import pathlib
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -89,7 +90,10 @@ def load_pretrained(
     PretrainedNotAvailableError: the Hub files are not cached and cannot be
       downloaded; the message names the repository, the file and how to
       fetch them.
-    ValueError: an unknown tag, or weights that do not fit the model.
+    ValueError: an unknown tag, weights that do not fit the model, or a
+      damaged or unparsable file (weights, config.json, label_names.json);
+      the message names the file.
+    CheckpointError: a damaged se_flax export or workdir checkpoint.
   """
   if paths.is_url(source):  # gs://, ...: only training workdirs live there.
     if not _is_workdir(source):
@@ -219,12 +223,19 @@ def _from_hub(source: str, revision, cache_dir) -> _Loaded:
   return _Loaded(arch, variables, _fitted_to(cfg, variables), where)
 
 
+def _read_json(path) -> Any:
+  """A JSON file's value; ValueError naming the file if it does not parse."""
+  try:
+    return json.loads(path.read_text(encoding='utf-8'))
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
+
+
 def _read_hub_config(path: str, where: str):
-  with open(path, encoding='utf-8') as f:
-    try:
-      arch, cfg = config_lib.from_hub_config(json.load(f))
-    except (ValueError, json.JSONDecodeError) as e:
-      raise ValueError(f'{where}: bad config.json ({e})') from None
+  try:
+    arch, cfg = config_lib.from_hub_config(_read_json(pathlib.Path(path)))
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{where}: bad config.json ({e})') from None
   if arch not in registry.list_models():
     raise ValueError(
         f'{where} holds a timm {arch!r}, which se_flax does not define '
@@ -301,7 +312,10 @@ def _from_export(path: str, model_name) -> _Loaded:
     arch, cfg = _resolve_model_name(model_name, path)
     cfg = dataclasses.replace(cfg, num_classes=_num_classes(variables))
     return _Loaded(arch, variables, cfg, path)
-  config = train_config.from_stored(meta['config'])
+  try:
+    config = train_config.from_stored(meta['config'])
+  except ValueError as e:
+    raise ValueError(f'{path}: unusable run config ({e})') from None
   if model_name and model_name != config.model.name:
     raise ValueError(
         f'{path} holds a {config.model.name!r}, not the '
@@ -321,7 +335,10 @@ def _read_label_names(workdir: str) -> Optional[list]:
   path = paths.workdir_path(workdir) / checkpoint.LABEL_NAMES
   if not path.is_file():
     return None
-  return json.loads(path.read_text(encoding='utf-8'))
+  names = _read_json(path)
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise ValueError(f'{path}: class names must be a JSON list of strings')
+  return names
 
 
 def _from_run(config, variables, label_names, where: str) -> _Loaded:
@@ -351,6 +368,8 @@ def _from_workdir(workdir: str) -> _Loaded:
   from se_flax.train import checkpoint
   from se_flax.train import config as train_config
 
+  # The small files first: a bad one fails before the weights are read.
   config = train_config.load_stored(workdir)
+  label_names = _read_label_names(workdir)
   variables = checkpoint.load_variables(workdir)
-  return _from_run(config, variables, _read_label_names(workdir), workdir)
+  return _from_run(config, variables, label_names, workdir)

@@ -19,8 +19,10 @@ half-written checkpoint under a step number.
 
 import io
 import json
+import os
 import time
 import zipfile
+import zlib
 from typing import Any, Optional
 
 import jax
@@ -29,8 +31,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from se_flax.train import integrity
-from se_flax.train.paths import workdir_path, write_atomic
+from se_flax.train import cli, integrity
+from se_flax.train.paths import is_url, workdir_path, write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -403,16 +405,20 @@ def verify_step_dir(step_dir: epath.Path, meta: Optional[dict] = None):
 
 
 def _load_step(step_dir: epath.Path, ema: bool) -> dict[str, Any]:
-  meta = read_meta(step_dir)
+  # A library call (a notebook's): no CLI filters the log, so Orbax's
+  # expected warnings (no _CHECKPOINT_METADATA) are hidden here, for the
+  # duration of the read only.
   wanted = (
       ('ema_params', 'ema_batch_stats') if ema else ('params', 'batch_stats')
   )
-  try:
-    state = _read_numpy(step_dir / 'state', wanted)
-  except KeyError:
-    raise ValueError(
-        f'{step_dir} has no EMA weights (train with ' 'ema_decay > 0)'
-    ) from None
+  with cli.expected_warnings_hidden():
+    meta = read_meta(step_dir)
+    try:
+      state = _read_numpy(step_dir / 'state', wanted)
+    except KeyError:
+      raise ValueError(
+          f'{step_dir} has no EMA weights (train with ' 'ema_decay > 0)'
+      ) from None
   verify(state, meta, str(step_dir), partial=True)
   return {'params': state[wanted[0]], 'batch_stats': state[wanted[1]]}
 
@@ -471,16 +477,35 @@ def export_variables(
   """
   if not path.endswith('.npz'):
     raise ValueError(f'Export path must end in .npz, got {path!r}')
+  _check_writable(path)  # Before the checkpoint is read and verified.
+  meta = _run_meta(workdir)
   variables = load_variables(workdir, step, ema=ema, best=best)
   flat = {
       '/'.join(str(getattr(k, 'key', k)) for k in key_path): np.asarray(v)
       for key_path, v in jax.tree_util.tree_flatten_with_path(variables)[0]
   }
-  flat[EXPORT_META_KEY] = np.array(json.dumps(_run_meta(workdir)))
+  flat[EXPORT_META_KEY] = np.array(json.dumps(meta))
   buffer = io.BytesIO()
   np.savez(buffer, **flat)
   write_atomic(workdir_path(path), buffer.getvalue())
   return path
+
+
+def _check_writable(path: str) -> None:
+  """Raises OSError naming a local `path` that cannot be written (before
+  the long part of an export); object-store URLs are left to the write."""
+  if is_url(path):
+    return
+  path = os.path.abspath(path)
+  if os.path.isdir(path):
+    raise IsADirectoryError(f'{path}: is a folder, not a file to write')
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):  # write_atomic makes missing folders.
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise PermissionError(
+        f'{path}: cannot be written ({parent} is not a writable folder)'
+    )
 
 
 def _run_meta(workdir: str) -> dict[str, Any]:
@@ -488,16 +513,43 @@ def _run_meta(workdir: str) -> dict[str, Any]:
   for key, name in (('config', 'config.json'), ('label_names', LABEL_NAMES)):
     file = workdir_path(workdir) / name
     if file.exists():
-      meta[key] = json.loads(file.read_text())
+      try:
+        meta[key] = json.loads(file.read_text(encoding='utf-8'))
+      except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f'{file}: not valid JSON ({e})') from None
   return meta
 
 
 def read_export_meta(path: str) -> dict[str, Any]:
-  """The run config and class names stored in an export ({} if none)."""
-  with epath.Path(path).open('rb') as f, np.load(f) as data:
-    if EXPORT_META_KEY not in data.files:
-      return {}
-    return json.loads(str(data[EXPORT_META_KEY]))
+  """The run config and class names stored in an export ({} if none).
+
+  Raises `CorruptCheckpointError` naming `path` if they cannot be read.
+  """
+  try:
+    with epath.Path(path).open('rb') as f, np.load(f) as data:
+      if EXPORT_META_KEY not in data.files:
+        return {}
+      meta = json.loads(str(data[EXPORT_META_KEY]))
+  except FileNotFoundError:
+    raise
+  except _EXPORT_ERRORS as e:
+    raise CorruptCheckpointError(
+        f'{path}: its run config is unreadable ({_one_line(e)})'
+    ) from None
+  if not isinstance(meta, dict):
+    raise CorruptCheckpointError(f'{path}: its run config is not a JSON object')
+  return meta
+
+
+# What a damaged .npz raises: a bad zip or CRC, a truncated or garbled
+# member (zlib for compressed ones), a bad array header.
+_EXPORT_ERRORS = (
+    OSError,
+    ValueError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+)
 
 
 def load_exported(path: str) -> dict[str, Any]:
@@ -517,9 +569,9 @@ def load_exported(path: str) -> dict[str, Any]:
         for part in parents:
           node = node.setdefault(part, {})
         node[leaf] = data[key]
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    if isinstance(e, FileNotFoundError):
-      raise
+  except FileNotFoundError:
+    raise
+  except _EXPORT_ERRORS as e:
     raise CorruptCheckpointError(
         f'{path}: not a readable se_flax export ({_one_line(e)})'
     ) from None
@@ -556,17 +608,14 @@ def main(argv=None, *, exit_quietly: bool = False):
     path = export_variables(
         args.workdir, args.output, args.step, ema=args.ema, best=args.best
     )
-  except (CheckpointError, FileNotFoundError, ValueError) as e:
+  # OSError: a missing workdir, an output that cannot be written.
+  except (CheckpointError, OSError, ValueError) as e:
     if exit_quietly:
-      from se_flax.train import cli  # pylint: disable=g-import-not-at-top
-
       cli.fail('export', e)
     raise SystemExit(f'error: {e}') from None
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  from se_flax.train import cli as _cli  # pylint: disable=g-import-not-at-top
-
-  _cli.install_quiet_shutdown()
+  cli.install_quiet_shutdown()
   main(exit_quietly=True)

@@ -10,9 +10,18 @@ which would otherwise print tracebacks after it.
 The log shows what a person running the command needs (layout, progress,
 eval, saves, real problems); libraries' INFO chatter (TensorFlow's C++
 start-up lines, JAX's backend probing, TFDS's dataset-info loads, Orbax's
-per-save steps) appears from `--verbosity=1` (`-v 1`) on.
+per-save steps) appears from `--verbosity=1` (`-v 1`) on; so do the
+tracebacks of Orbax's background threads, whose errors reach the caller
+anyway.
+
+Output may outlive its reader: behind `cmd 2>&1 | tee log`, Ctrl-C to the
+terminal's process group ends `tee` too. `guard_output_streams` makes
+stdout and stderr go to /dev/null from then on, so that neither a log line
+nor Python's flush at exit can change how the command ends.
 """
 
+import contextlib
+import io
 import logging as std_logging
 import os
 import sys
@@ -33,7 +42,9 @@ def quiet_late_async_errors(unraisable) -> None:
 
 
 def install_quiet_shutdown() -> None:
-  """For a CLI's main(): no late-callback tracebacks, no asyncio chatter."""
+  """For a CLI's main(): no late-callback tracebacks, no asyncio chatter,
+  no BrokenPipeError once the reader of its output has gone."""
+  guard_output_streams()
   sys.unraisablehook = quiet_late_async_errors
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
   warnings.filterwarnings('ignore', message='coroutine .* was never awaited')
@@ -57,15 +68,36 @@ _CHATTY_SOURCES = {
 _EXPECTED_WARNINGS = (('/orbax/', 'Metadata file does not exist'),)
 
 
+# Where errors come with a traceback that says nothing more to a user:
+# Orbax logs each failing background thread's (a full disk: 300+ lines),
+# and the error itself reaches the caller, which names the cause and path.
+_TRACEBACKS_HIDDEN = ('/orbax/',)
+
+
+def _is_expected_warning(record) -> bool:
+  # std logging levels: absl's constants (WARNING == -1) are another scale.
+  return record.levelno < std_logging.ERROR and any(
+      source in record.pathname and str(record.msg).startswith(message)
+      for source, message in _EXPECTED_WARNINGS
+  )
+
+
+class _ExpectedWarnings(std_logging.Filter):
+
+  def filter(self, record):
+    return not _is_expected_warning(record)
+
+
 class _QuietLibraries(std_logging.Filter):
 
   def filter(self, record):
-    # std logging levels: absl's constants (WARNING == -1) are another scale.
-    if record.levelno < std_logging.ERROR and any(
-        source in record.pathname and str(record.msg).startswith(message)
-        for source, message in _EXPECTED_WARNINGS
-    ):
+    if _is_expected_warning(record):
       return False
+    if record.exc_info and any(
+        source in record.pathname for source in _TRACEBACKS_HIDDEN
+    ):
+      # The record is shared by every handler: all show it as one line.
+      record.exc_info, record.exc_text = None, None
     for source, shown_from in _CHATTY_SOURCES.items():
       if source in record.pathname:
         return record.levelno >= shown_from
@@ -81,6 +113,21 @@ def quiet_library_logs(verbosity: int) -> None:
     for where in (logging.get_absl_handler(), std_logging.getLogger('absl')):
       if not any(isinstance(f, _QuietLibraries) for f in where.filters):
         where.addFilter(_QuietLibraries())
+
+
+@contextlib.contextmanager
+def expected_warnings_hidden():
+  """Within the block, drops the `_EXPECTED_WARNINGS` (for library calls
+  such as `se_flax.load_variables`); the filter goes when the block ends."""
+  # Orbax logs through absl's logger: a filter there sees each record once,
+  # whatever handlers a notebook or an application has installed.
+  absl_logger = std_logging.getLogger('absl')
+  expected = _ExpectedWarnings()
+  absl_logger.addFilter(expected)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(expected)
 
 
 def import_tensorflow(verbosity: int):
@@ -111,10 +158,63 @@ def import_tensorflow(verbosity: int):
   return tf
 
 
+class _ReaderGoneToDevNull(io.FileIO):
+  """The file of stdout or stderr; /dev/null once its reader has gone.
+
+  Python ignores SIGPIPE, so a write to a pipe without a reader raises
+  BrokenPipeError, from wherever it happens to be: a log line in the
+  middle of the final save, the last message, the flush at exit (which
+  then turns the exit code into 120). Here the descriptor itself is
+  pointed at /dev/null, for this and every later write (C++ libraries'
+  too); what was written is dropped, as it would have been anyway.
+  """
+
+  def write(self, data):
+    try:
+      return super().write(data)
+    except BrokenPipeError:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, self.fileno())
+      os.close(devnull)
+      return memoryview(data).nbytes
+
+
+def guard_output_streams() -> None:
+  """For a CLI's main(), first: writes to stdout or stderr never raise
+  because the reader of the pipe behind them has gone."""
+  for name in ('stdout', 'stderr'):
+    stream = getattr(sys, name)
+    # Only the interpreter's own streams: a test's capture or a notebook's
+    # replacement is left alone (and a second call changes nothing).
+    if stream is None or stream is not getattr(sys, f'__{name}__'):
+      continue
+    try:
+      stream.flush()
+    except BrokenPipeError:
+      pass  # The new stream's first write finds it again.
+    guarded = io.TextIOWrapper(
+        io.BufferedWriter(
+            _ReaderGoneToDevNull(stream.fileno(), 'w', closefd=False)
+        ),
+        encoding=stream.encoding,
+        errors=stream.errors,
+        line_buffering=stream.line_buffering,
+        write_through=stream.write_through,
+    )
+    setattr(sys, name, guarded)
+    absl_handler = logging.get_absl_handler().python_handler
+    if absl_handler.stream is stream:  # absl took sys.stderr at import.
+      absl_handler.stream = guarded
+
+
 def fail(prog: str, error: BaseException, code: int = 1) -> None:
-  """Prints `prog: error: Type: message` last, and exits at once."""
-  for stream in (sys.stdout, sys.stderr):
-    stream.flush()
-  sys.stderr.write(f'{prog}: error: {type(error).__name__}: {error}\n')
-  sys.stderr.flush()
+  """Prints `prog: error: Type: message` last, and exits at once with
+  `code`, whether or not anyone still reads stderr."""
+  try:
+    for stream in (sys.stdout, sys.stderr):
+      stream.flush()
+    sys.stderr.write(f'{prog}: error: {type(error).__name__}: {error}\n')
+    sys.stderr.flush()
+  except OSError:
+    pass  # The reader of the pipe has gone: the exit code still tells.
   os._exit(code)  # pylint: disable=protected-access

@@ -1,25 +1,23 @@
-"""Every field a training run can vary, its default, and its checks.
+"""Every field a training run can vary, and its default.
 
 Configs in `configs/` start from `base_config()` and change what their
 recipe needs; `train.py` locks the result, so a misspelt override fails.
-`validate_config` checks a config before anything compiles;
-`build_model` turns its `model` fields into the registry's Module.
+`build_model` turns its `model` fields into the registry's Module;
+`validation.validate_config` checks a config before anything compiles.
 Durations are in epochs (converted to steps in code, from the dataset size
 and the global batch), so `--config.batch_size=...` keeps them right.
 """
 
 import json
-import math
+import os
+from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from se_flax import layers
 from se_flax.data.config import default_data_config
 from se_flax.models import registry
-from se_flax.train import optim
 from se_flax.train import paths
 
 
@@ -172,24 +170,32 @@ def from_stored(stored: dict) -> ml_collections.ConfigDict:
   For reading a finished run (its model and data), not for resuming it:
   fields an older run lacks keep today's defaults, fields today's config
   no longer has are dropped, nested sections merge field by field, and
-  JSON lists become tuples unless the default is a list.
+  JSON lists become tuples unless the default is a list. A value of the
+  wrong type raises ValueError naming its field.
   """
   config = base_config()
 
-  def merge(target: ml_collections.ConfigDict, values: dict) -> None:
+  def merge(target: ml_collections.ConfigDict, values: dict, at: str):
     for key, value in values.items():
       if key not in target:
         continue
       default = target[key]
       if isinstance(default, ml_collections.ConfigDict):
         if isinstance(value, dict):
-          merge(default, value)
+          merge(default, value, f'{at}{key}.')
       elif isinstance(value, list) and not isinstance(default, list):
         target[key] = tuple(value)
       else:
-        target[key] = value
+        try:
+          target[key] = value
+        except TypeError as e:  # ConfigDict keeps each field's type.
+          raise ValueError(f'field {at}{key}: {e}') from None
 
-  merge(config, stored)
+  if not isinstance(stored, dict):
+    raise ValueError(
+        f'a stored config must be a JSON object, not {type(stored).__name__}'
+    )
+  merge(config, stored, '')
   return config
 
 
@@ -198,7 +204,14 @@ def load_stored(workdir: str) -> ml_collections.ConfigDict:
   path = paths.workdir_path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'{workdir} has no config.json (not a run?)')
-  return from_stored(json.loads(path.read_text(encoding='utf-8')))
+  try:
+    stored = json.loads(path.read_text(encoding='utf-8'))
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise ValueError(f'{path}: not valid JSON ({e})') from None
+  try:
+    return from_stored(stored)
+  except ValueError as e:
+    raise ValueError(f'{path}: unusable run config ({e})') from None
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -224,147 +237,29 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
   )
 
 
-def _validate_data(config: ml_collections.ConfigDict, check) -> None:
-  """The data fields; the folder layout itself is checked by its scan."""
-  from se_flax.train.inputs import SOURCES  # pylint: disable=g-import-not-at-top
+def _absolute(path: Optional[str], resolve: bool = False) -> Optional[str]:
+  if not path or paths.is_url(path):
+    return path
+  path = os.path.abspath(os.path.expanduser(path))
+  return os.path.realpath(path) if resolve else path
 
+
+def with_absolute_paths(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """A copy whose local paths are absolute, so that config.json names what
+  a run read wherever a restart is launched from. The image folder's root
+  is resolved (symlinks too): it is part of the run's identity
+  (resume.fingerprint). `init_from` only where it names an existing path
+  (else it is a hub tag)."""
+  config = config.copy_and_resolve_references()
   data = config.data
-  check(
-      data.source in SOURCES,
-      'data.source',
-      f'{data.source!r} is not one of {SOURCES}',
-  )
-  if data.source == 'folder':
-    check(
-        isinstance(data.get('folder_root'), str) and data.folder_root.strip(),
-        'data.folder_root',
-        'must name ROOT (holding train/<class>/* and val/<class>/*) when '
-        f"data.source is 'folder', got {data.get('folder_root')!r}",
-    )
-  for field in ('image_size', 'eval_image_size'):
-    size = data.get(field)
-    check(
-        (size is None and field == 'eval_image_size')
-        or (isinstance(size, int) and size > 0),
-        f'data.{field}',
-        f'{size!r} must be a positive number of pixels',
-    )
-  check(
-      0.0 < data.crop_pct <= 1.0,
-      'data.crop_pct',
-      f'{data.crop_pct!r} must be in (0, 1]',
-  )
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails fast, before any compilation, naming the offending field."""
-
-  def check(ok, field, message):
-    if not ok:
-      raise ValueError(f'config.{field}: {message}')
-
-  if config.get('layer_rules') not in layers.LAYER_RULES:
-    check(
-        False,
-        'layer_rules',
-        f'must be one of {layers.LAYER_RULES}, got '
-        f'{config.get("layer_rules")!r}',
-    )
-  devices = jax.device_count()
-  eval_batch = config.eval_batch_size or config.batch_size
-  check(
-      config.batch_size > 0 and config.batch_size % devices == 0,
-      'batch_size',
-      f'{config.batch_size} must be a positive multiple of '
-      f'the {devices} devices',
-  )
-  check(
-      eval_batch % devices == 0,
-      'eval_batch_size',
-      f'{eval_batch} must be a multiple of the {devices} devices',
-  )
-  check(
-      config.model.name in registry.list_models(),
-      'model.name',
-      f'unknown model {config.model.name!r}; see se_flax.list_models()',
-  )
-  groups = config.model.bn_groups
-  check(
-      groups <= 1 or config.batch_size % groups == 0,
-      'model.bn_groups',
-      f'{groups} groups do not divide batch_size {config.batch_size}',
-  )
-  check(
-      config.model.dtype in ('float32', 'bfloat16'),
-      'model.dtype',
-      f"{config.model.dtype!r}: use 'bfloat16' (same range as float32, "
-      "no loss scaling needed) or 'float32'"
-      + (
-          '; float16 would need loss scaling, which this trainer does not ' 'do'
-          if config.model.dtype == 'float16'
-          else ''
-      ),
-  )
-  check(
-      config.lr_schedule in ('step', 'cosine'),
-      'lr_schedule',
-      f"{config.lr_schedule!r} is not 'step' or 'cosine'",
-  )
-  check(
-      config.nonfinite in ('skip', 'stop'),
-      'nonfinite',
-      f"{config.nonfinite!r} is not 'skip' or 'stop'",
-  )
-  check(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
-  _validate_finetune(config, check)
-  check(
-      config.preemption_check_every_steps > 0,
-      'preemption_check_every_steps',
-      'must be positive',
-  )
-  check(
-      0.0 <= config.label_smoothing < 1.0,
-      'label_smoothing',
-      'must be in [0, 1)',
-  )
-  check(
-      config.num_train_steps > 0 or config.num_epochs > 0,
-      'num_epochs',
-      'set num_epochs or num_train_steps',
-  )
-  _validate_data(config, check)
-  # Building the module checks the model fields, still without compiling.
-  build_model(config, num_classes=2)
-
-
-def _validate_finetune(config: ml_collections.ConfigDict, check) -> None:
-  init_from = config.get('init_from')
-  check(
-      init_from is None or (isinstance(init_from, str) and init_from.strip()),
-      'init_from',
-      f'{init_from!r}: give a hub tag, a weights file or a workdir, or unset',
-  )
-  multiplier = config.get('backbone_lr_multiplier', 1.0)
-  check(
-      isinstance(multiplier, (int, float)) and 0.0 <= multiplier < math.inf,
-      'backbone_lr_multiplier',
-      f'{multiplier!r} must be a finite number >= 0 (0: only the head '
-      "trains; 1: the head's learning rate)",
-  )
-  stages = config.get('freeze_stages', 0)
-  check(
-      isinstance(stages, int) and stages >= 0,
-      'freeze_stages',
-      f'{stages!r} must be an int >= 0 (0: nothing frozen)',
-  )
-  if stages:
-    model = build_model(config, num_classes=2)
-    size = config.data.image_size
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-    shapes = jax.eval_shape(
-        lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-    )
-    try:
-      optim.param_groups(shapes['params'], stages)
-    except ValueError as e:
-      check(False, 'freeze_stages', f'{e} ({config.model.name})')
+  data.folder_root = _absolute(data.folder_root, resolve=True)
+  data.data_dir = _absolute(data.data_dir)
+  data.manual_dir = _absolute(data.manual_dir)
+  if 'tiny' in data:
+    data.tiny.root = _absolute(data.tiny.root)
+  config.compilation_cache_dir = _absolute(config.compilation_cache_dir)
+  if config.init_from and os.path.exists(os.path.expanduser(config.init_from)):
+    config.init_from = _absolute(config.init_from)
+  return config

@@ -21,8 +21,10 @@ from se_flax import layers, runtime
 from se_flax.train import checkpoint, finetune, multihost, nonfinite
 from se_flax.train import object_store_lock, optim, paths
 from se_flax.train import preemption as preemption_lib
-from se_flax.train import resume, sharding, steps, workdir_lock, writers
-from se_flax.train.config import build_model, validate_config
+from se_flax.train import resume, run_record, sharding, steps, workdir_lock
+from se_flax.train import writers
+from se_flax.train.config import build_model, with_absolute_paths
+from se_flax.train.validation import validate_config
 from se_flax.train.inputs import Inputs, create_inputs
 from se_flax.train.state import TrainState
 
@@ -310,6 +312,7 @@ def train_and_evaluate(
   _configure_runtime()
   multihost.initialize_distributed(config)
   validate_config(config)
+  config = with_absolute_paths(config)
   if config.compilation_cache_dir:
     # Process-wide by nature (JAX has one cache); set from the run config.
     jax.config.update('jax_compilation_cache_dir', config.compilation_cache_dir)
@@ -359,6 +362,8 @@ def _train(config, workdir: str, preemption) -> TrainResult:
       num_classes=inputs.num_classes,
       train_steps=num_steps,
       process_count=jax.process_count(),
+      num_train_examples=inputs.num_train_examples,
+      label_names=inputs.label_names,
   )
 
   ckpt = checkpoint.Checkpoints(
@@ -379,6 +384,7 @@ def _train(config, workdir: str, preemption) -> TrainResult:
           config, model, tx, inputs.image_size, mesh, pretrained
       )
 
+    run_record.check_earlier_attempt(config, ckpt, run)
     state = resume.restore_or_create(
         config,
         ckpt,
@@ -400,30 +406,20 @@ def _train(config, workdir: str, preemption) -> TrainResult:
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     if start_step == 0:
       writer.write_hparams(_flat_hparams(config))
-    num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-    data = config.data.source + (
-        f' {config.data.name}' if config.data.source == 'tfds' else ''
-    )
-    logging.info(
-        '%s, %.2fM params, %d classes; data: %s, %d training '
-        'examples at %d px',
-        config.model.name,
-        num_params / 1e6,
-        inputs.num_classes,
-        data,
-        inputs.num_train_examples,
-        inputs.image_size,
-    )
-    logging.info(
-        '%d steps (%d per epoch) from step %d, global batch %d on '
-        '%d devices; config in %s',
-        num_steps,
-        steps_per_epoch,
-        start_step,
-        config.batch_size,
-        jax.device_count(),
-        paths.workdir_path(workdir) / 'config.json',
-    )
+    _log_run(config, state, inputs, num_steps, steps_per_epoch, workdir)
+    if start_step >= num_steps:
+      return _finish_or_report_done(
+          config,
+          state,
+          eval_fn,
+          inputs,
+          batch_sharding,
+          ckpt,
+          writer,
+          run,
+          workdir,
+      )
+    run_record.clear_final(workdir)
     result = _loop(
         config,
         state,
@@ -447,9 +443,92 @@ def _train(config, workdir: str, preemption) -> TrainResult:
           result.stop_signal,
           int(result.state.step),
       )
+    else:  # Evaluated and saved, all of it on disk.
+      run_record.write_final(workdir, num_steps, result.eval_metrics)
     return result
   finally:
     _close(ckpt, writer)
+
+
+def _log_run(config, state, inputs, num_steps, steps_per_epoch, workdir):
+  """Two lines: the model and data, then the steps and where they run."""
+  num_params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
+  data = config.data.source + (
+      f' {config.data.name}' if config.data.source == 'tfds' else ''
+  )
+  logging.info(
+      '%s, %.2fM params, %d classes; data: %s, %d training '
+      'examples at %d px',
+      config.model.name,
+      num_params / 1e6,
+      inputs.num_classes,
+      data,
+      inputs.num_train_examples,
+      inputs.image_size,
+  )
+  logging.info(
+      '%d steps (%d per epoch) from step %d, global batch %d on '
+      '%d devices; config in %s',
+      num_steps,
+      steps_per_epoch,
+      int(state.step),
+      config.batch_size,
+      jax.device_count(),
+      paths.workdir_path(workdir) / 'config.json',
+  )
+
+
+def _finish_or_report_done(
+    config, state, eval_fn, inputs, batch_sharding, ckpt, writer, run, workdir
+) -> TrainResult:
+  """A restart at the last step: redoes the final evaluation and best save
+  if they did not complete (killed, disk full), else says there is nothing
+  to do."""
+  step = int(state.step)
+  final = run_record.read_final(workdir)
+  if final is not None and final['step'] == step:
+    logging.info(
+        'Nothing to do: the run finished at step %d (final evaluation and '
+        'saves in %s)',
+        step,
+        paths.workdir_path(workdir) / run_record.FINAL,
+    )
+    return TrainResult(state, {}, final.get('eval', {}), False)
+  logging.warning(
+      'Step %d, the last, is restored but its final evaluation or best save '
+      'did not complete: doing them now',
+      step,
+  )
+  eval_summary = _evaluate_and_keep_best(
+      step, state, eval_fn, inputs, batch_sharding, ckpt, writer, run, config
+  )
+  ckpt.wait()
+  run_record.write_final(workdir, step, eval_summary)
+  return TrainResult(state, {}, eval_summary, False)
+
+
+def _evaluate_and_keep_best(
+    step, state, eval_fn, inputs, batch_sharding, ckpt, writer, run, config
+) -> dict:
+  """Evaluates `state`, logs it, and keeps it as best if its top-1 beats
+  the kept one (not when the eval loss is not finite)."""
+  eval_summary = _evaluate_all(eval_fn, state, inputs, batch_sharding, config)
+  writer.write_scalars(step, eval_summary)
+  if not np.isfinite(eval_summary['eval/loss']):
+    logging.warning(
+        'Step %d: eval loss is %s; not a best checkpoint',
+        step,
+        eval_summary['eval/loss'],
+    )
+  elif ckpt.save_best(
+      step, state, _meta(config, step, run), eval_summary['eval/top1']
+  ):
+    logging.info(
+        'New best top-1 %.4f: saved %s',
+        eval_summary['eval/top1'],
+        ckpt.step_dir(step, best=True),
+    )
+  return eval_summary
 
 
 def _log_param_groups(config, params) -> None:
@@ -589,24 +668,17 @@ def _loop(
       finite_watch.last_saved = done
       logging.info('checkpoint: step %d to %s', done, ckpt.step_dir(done))
     if evaluating:
-      eval_summary = _evaluate_all(
-          eval_fn, state, inputs, batch_sharding, config
+      eval_summary = _evaluate_and_keep_best(
+          done,
+          state,
+          eval_fn,
+          inputs,
+          batch_sharding,
+          ckpt,
+          writer,
+          run,
+          config,
       )
-      writer.write_scalars(done, eval_summary)
-      if not np.isfinite(eval_summary['eval/loss']):
-        logging.warning(
-            'Step %d: eval loss is %s; not a best checkpoint',
-            done,
-            eval_summary['eval/loss'],
-        )
-      elif ckpt.save_best(
-          done, state, _meta(config, done, run), eval_summary['eval/top1']
-      ):
-        logging.info(
-            'New best top-1 %.4f: saved %s',
-            eval_summary['eval/top1'],
-            ckpt.step_dir(done, best=True),
-        )
     if evaluating or saving:
       window_start += time.perf_counter() - pause_start
     if preempted:

@@ -9,11 +9,24 @@ start).
 
 import os
 import signal
-import sys
 import threading
 from typing import Optional
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _tell(message: str) -> None:
+  """Writes to fd 2 from a signal handler, never raising.
+
+  Not through sys.stderr: the handler may run while the main thread is
+  inside that stream's write (a re-entrant call raises RuntimeError). And
+  stderr may be a pipe whose reader the same Ctrl-C ended (`| tee log`):
+  the save matters more than the message.
+  """
+  try:
+    os.write(2, message.encode())
+  except OSError:
+    pass
 
 
 class PreemptionWatcher:
@@ -31,17 +44,15 @@ class PreemptionWatcher:
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT and self._event.is_set():
-      sys.stderr.write('Second Ctrl-C: aborting without saving.\n')
-      sys.stderr.flush()
+      _tell('Second Ctrl-C: aborting without saving.\n')
       os._exit(130)  # pylint: disable=protected-access
     if not self._event.is_set():
       self.signal_name = signal.Signals(signum).name
       if signum == signal.SIGINT:
-        sys.stderr.write(
+        _tell(
             'Ctrl-C: saving at the next step boundary, then '
             'exiting (Ctrl-C again aborts without saving).\n'
         )
-        sys.stderr.flush()
     self._event.set()
 
   def __enter__(self):

@@ -18,14 +18,15 @@ like any other.
 """
 
 import json
-from typing import Any
+import os
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from se_flax.train import checkpoint, multihost
+from se_flax.train import checkpoint, multihost, paths
 
 # Fields of config.model that change speed only, never what is computed
 # (in config.json of runs from before `layer_rules` left the model config).
@@ -33,6 +34,7 @@ _MODEL_IMPLEMENTATION_FIELDS = ('layer_impl',)
 _DATA_FIELDS = (
     'source',
     'name',
+    'folder_root',
     'train_split',
     'eval_split',
     'image_key',
@@ -93,8 +95,15 @@ def fingerprint(
     num_classes: int,
     train_steps: int,
     process_count: int,
+    num_train_examples: Optional[int] = None,
+    label_names: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
-  """The run-defining values, '.'-named, as JSON-compatible values."""
+  """The run-defining values, '.'-named, as JSON-compatible values.
+
+  Besides the config: what the data source found (its example count sets
+  the epoch length; its class names, the meaning of each label), so that a
+  renamed class folder or a thinned dataset is a change like any other.
+  """
   run = {
       f'model.{k}': _plain(v)
       for k, v in config.model.items()
@@ -107,6 +116,10 @@ def fingerprint(
   run['num_epochs'] = float(config.num_epochs)
   run['num_train_steps'] = train_steps
   run['process_count'] = process_count
+  if num_train_examples is not None:
+    run['data.num_train_examples'] = int(num_train_examples)
+  if label_names is not None:
+    run['data.class_names'] = [str(name) for name in label_names]
   return run
 
 
@@ -158,18 +171,37 @@ def check_compatible(
   ]
   if refused:
     lines = [
-        f'  {name}: stored {old!r}, current {new!r}'
-        for name, old, new in refused
+        f'  {name}: {_describe_change(old, new)}' for name, old, new in refused
     ]
     names = ','.join(name for name, _, _ in refused)
     raise ResumeMismatchError(
-        'The config differs from the run it would resume, in fields that '
-        'define what the run computes:\n' + '\n'.join(lines) + '\n'
+        'The config or its data differ from the run it would resume, in '
+        'fields that define what the run computes:\n' + '\n'.join(lines) + '\n'
         f'Refusing to resume {where} with a changed {names}: use a new '
         'workdir, or accept the change deliberately with '
         f'--config.resume_allow_changes={names}'
     )
   return notes
+
+
+def _describe_change(old: Any, new: Any) -> str:
+  """`stored X, current Y`; for long lists (class names) only what differs."""
+  if not (isinstance(old, list) and isinstance(new, list)) or (
+      len(old) + len(new) <= 12
+  ):
+    return f'stored {old!r}, current {new!r}'
+  at = [
+      i
+      for i in range(max(len(old), len(new)))
+      if old[i : i + 1] != new[i : i + 1]
+  ]
+  shown = ', '.join(
+      f'[{i}] {old[i] if i < len(old) else None!r} -> '
+      f'{new[i] if i < len(new) else None!r}'
+      for i in at[:5]
+  )
+  more = f' and {len(at) - 5} more' if len(at) > 5 else ''
+  return f'{len(old)} stored, {len(new)} current; {shown}{more}'
 
 
 def stored_fingerprint(meta: dict) -> dict[str, Any]:
@@ -190,6 +222,10 @@ def stored_fingerprint(meta: dict) -> dict[str, Any]:
       }
   )
   run.update({k: config[k] for k in _RECIPE_FIELDS if k in config})
+  root = run.get('data.folder_root')
+  if isinstance(root, str) and not (os.path.isabs(root) or paths.is_url(root)):
+    # Stored relative (before roots were resolved): relative to what?
+    del run['data.folder_root']
   return run
 
 

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from se_flax.train import config as config_lib
+from se_flax.train import validation
 
 CONFIGS = pathlib.Path(__file__).parents[2] / 'configs'
 CASES = [
@@ -41,7 +42,7 @@ def test_config_validates_and_has_a_plain_twin(name, arg, monkeypatch):
   config.batch_size = 64  # Divisible by the 8 test devices.
   config.eval_batch_size = 64
   config.lock()
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   with_se = config_lib.build_model(config, 1000)
   config.model.se = False
   for key in ('se_reduction', 'se_squeeze', 'se_gate', 'se_use_bias'):

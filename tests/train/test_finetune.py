@@ -16,6 +16,7 @@ import pytest
 
 import se_flax
 from se_flax.train import config as config_lib
+from se_flax.train import validation
 from se_flax.train import finetune, loop, optim, steps
 
 from tests.data import helpers as data_helpers
@@ -293,14 +294,14 @@ def test_finetune_misconfiguration_is_named(field, value, message):
   config = _config()
   config[field] = value
   with pytest.raises(ValueError, match=message):
-    config_lib.validate_config(config)
+    validation.validate_config(config)
 
 
 def test_freeze_stages_needs_a_staged_network():
   config = _config(freeze_stages=1)
   config.model.name = 'se_vgg16_bn'
   with pytest.raises(ValueError, match='stage<k>_ modules'):
-    config_lib.validate_config(config)
+    validation.validate_config(config)
 
 
 def _finetune_config(root, source, **overrides):
@@ -371,5 +372,5 @@ def test_finetune_config_validates():
   config = module.get_config()
   config.data.folder_root = '/data/images'
   config.lock()
-  config_lib.validate_config(config)
+  validation.validate_config(config)
   assert config.init_from and config.backbone_lr_multiplier < 1

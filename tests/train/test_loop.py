@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 
 import se_flax
 from se_flax.train import checkpoint, inputs, loop, sharding, steps
-from se_flax.train import config as config_lib
+from se_flax.train import validation
 
 from tests.train.helpers import assert_trees_equal, read_metrics
 from tests.train.tiny_config import tiny_config
@@ -164,7 +164,7 @@ def test_model_misconfiguration_is_named(field, value, message):
   config = tiny_config()
   config.model[field] = value
   with pytest.raises(ValueError, match=message):
-    config_lib.validate_config(config)
+    validation.validate_config(config)
 
 
 def test_se_fields_on_a_plain_model_are_refused():
@@ -172,7 +172,7 @@ def test_se_fields_on_a_plain_model_are_refused():
   config.model.se = False
   config.model.se_reduction = 8
   with pytest.raises(ValueError, match='se is False'):
-    config_lib.validate_config(config)
+    validation.validate_config(config)
 
 
 def test_locked_config_rejects_misspelt_fields():
