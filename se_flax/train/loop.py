@@ -384,6 +384,7 @@ def _train(config, workdir: str, preemption) -> TrainResult:
           config, model, tx, inputs.image_size, mesh, pretrained
       )
 
+    run_record.check_processes_agree(run)
     run_record.check_earlier_attempt(config, ckpt, run)
     state = resume.restore_or_create(
         config,

@@ -10,14 +10,36 @@
 """
 
 import json
+import zlib
 from typing import Any, Optional
 
 import jax
+import numpy as np
 from absl import logging
 
 from se_flax.train import checkpoint, multihost, paths, resume
 
 FINAL = 'final.json'
+
+
+def check_processes_agree(run: dict) -> None:
+  """Raises on every process unless all computed the same fingerprint.
+
+  Each process scans the data and resolves paths itself; one that sees
+  other data (another mount, another copy) would otherwise be refused
+  alone on resume while the others wait for it.
+  """
+  if jax.process_count() == 1:
+    return
+  digest = zlib.crc32(json.dumps(run, sort_keys=True).encode()) & 0x7FFFFFFF
+  first = multihost.broadcast_ints([digest])[0]
+  same = multihost.gather_flags(digest == first)
+  if not same.all():
+    raise resume.ResumeMismatchError(
+        f'Processes {np.flatnonzero(~same).tolist()} see another run than '
+        'process 0 (its data: folder root, class names or example count; '
+        'or its config): every process must read the same data and config'
+    )
 
 
 def _read_json(path) -> Any:

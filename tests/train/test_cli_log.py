@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from etils import epath
 
 import se_flax
-from se_flax.train import cli
+from se_flax.train import checkpoint, cli
 
 from tests.train import helpers
 
@@ -100,8 +101,10 @@ def test_expected_warnings_are_hidden_within_the_block_only(
 
 
 def test_load_variables_keeps_orbax_expected_warnings_out(
-    tiny_se_workdir, caplog
+    tiny_se_workdir, caplog, monkeypatch
 ):
+  # Without the filters an in-process CLI test may have left.
+  monkeypatch.setattr(logging.getLogger('absl'), 'filters', [])
   filters = list(logging.getLogger('absl').filters)
   with caplog.at_level(logging.WARNING):
     variables = se_flax.load_variables(tiny_se_workdir)
@@ -112,6 +115,20 @@ def test_load_variables_keeps_orbax_expected_warnings_out(
   assert set(variables) == {'params', 'batch_stats'}
   assert not [r for r in caplog.records if _NO_METADATA in r.getMessage()]
   assert logging.getLogger('absl').filters == filters
+  # The control: the same read outside the block does warn (else this test
+  # would pass for an Orbax that stopped warning).
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    checkpoint.read_meta(_newest_step_dir(tiny_se_workdir))
+    checkpoint._read_numpy(  # pylint: disable=protected-access
+        _newest_step_dir(tiny_se_workdir) / 'state', ('params',)
+    )
+  assert [r for r in caplog.records if _NO_METADATA in r.getMessage()]
+
+
+def _newest_step_dir(workdir):
+  directory = epath.Path(workdir) / 'checkpoints'
+  return directory / str(max(int(d.name) for d in directory.iterdir()))
 
 
 # A file-size limit stands in for a full disk: the checkpoint's data files
