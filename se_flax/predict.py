@@ -264,11 +264,9 @@ def main(argv=None) -> int:
     _error('interrupted')
     return 130
   except BrokenPipeError:
-    # The reader left (`| head`). Python's recipe: point stdout at
-    # /dev/null, so that its flush at exit does not fail again. 141 is
-    # 128 + SIGPIPE, what a program stopped by a closed pipe returns.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    # The reader left (`| head`): stop, as a program stopped by SIGPIPE
+    # would (141 = 128 + SIGPIPE), rather than predict for nobody.
+    cli.discard_output(sys.stdout.fileno())
     return 141
 
 

@@ -9,8 +9,9 @@ import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 from typing import Callable
+
+from se_flax.train import paths
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -31,32 +32,23 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
   return parse
 
 
-def _nearest_existing(path: str) -> str:
-  while not os.path.lexists(path):
-    path = os.path.dirname(path)
-  return path
-
-
 def check_output_dir(path: str, argument: str) -> None:
   """Raises OSError (one line) unless `path` is, or can be made, a
   writable directory. Creates nothing that stays: a probe directory is
   made and removed where the first write will happen.
   """
   path = os.path.abspath(path)
-  existing = _nearest_existing(path)
-  if not os.path.isdir(existing):
+  existing, problem = paths.first_write_problem(path)
+  if isinstance(problem, NotADirectoryError):
     raise NotADirectoryError(
         f'{argument} {path}: {existing} is not a directory; expected a '
         'directory to write (or a path one can be made at)'
     )
-  try:
-    probe = tempfile.mkdtemp(prefix='.se_flax_probe_', dir=existing)
-  except OSError as e:
+  if problem is not None:
     raise PermissionError(
-        f'{argument} {path}: cannot write in {existing} ({e.strerror}); '
-        'expected a writable directory'
-    ) from None
-  os.rmdir(probe)
+        f'{argument} {path}: cannot write in {existing} '
+        f'({problem.strerror}); expected a writable directory'
+    )
 
 
 def data_of_config_file(path: str):

@@ -3,9 +3,7 @@ timm tag on the Hugging Face Hub, a Hub repository, a local file or
 directory, or a training workdir."""
 
 import dataclasses
-import json
 import os
-import pathlib
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -223,17 +221,9 @@ def _from_hub(source: str, revision, cache_dir) -> _Loaded:
   return _Loaded(arch, variables, _fitted_to(cfg, variables), where)
 
 
-def _read_json(path) -> Any:
-  """A JSON file's value; ValueError naming the file if it does not parse."""
-  try:
-    return json.loads(path.read_text(encoding='utf-8'))
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
-
-
 def _read_hub_config(path: str, where: str):
   try:
-    arch, cfg = config_lib.from_hub_config(_read_json(pathlib.Path(path)))
+    arch, cfg = config_lib.from_hub_config(paths.read_json(path))
   except (ValueError, TypeError) as e:
     raise ValueError(f'{where}: bad config.json ({e})') from None
   if arch not in registry.list_models():
@@ -335,7 +325,7 @@ def _read_label_names(workdir: str) -> Optional[list]:
   path = paths.workdir_path(workdir) / checkpoint.LABEL_NAMES
   if not path.is_file():
     return None
-  names = _read_json(path)
+  names = paths.read_json(path)
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
     raise ValueError(f'{path}: class names must be a JSON list of strings')
   return names

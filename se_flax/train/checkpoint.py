@@ -32,7 +32,9 @@ from absl import logging
 from etils import epath
 
 from se_flax.train import cli, integrity
-from se_flax.train.paths import is_url, workdir_path, write_atomic
+from se_flax.train.paths import first_write_problem, is_url, read_json
+from se_flax.train.paths import workdir_path
+from se_flax.train.paths import write_atomic
 
 
 class CheckpointError(RuntimeError):
@@ -499,10 +501,9 @@ def _check_writable(path: str) -> None:
   path = os.path.abspath(path)
   if os.path.isdir(path):
     raise IsADirectoryError(f'{path}: is a folder, not a file to write')
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):  # write_atomic makes missing folders.
-    parent = os.path.dirname(parent)
-  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+  # write_atomic makes missing folders: the first write is above them.
+  parent, problem = first_write_problem(os.path.dirname(path))
+  if problem is not None:
     raise PermissionError(
         f'{path}: cannot be written ({parent} is not a writable folder)'
     )
@@ -513,10 +514,7 @@ def _run_meta(workdir: str) -> dict[str, Any]:
   for key, name in (('config', 'config.json'), ('label_names', LABEL_NAMES)):
     file = workdir_path(workdir) / name
     if file.exists():
-      try:
-        meta[key] = json.loads(file.read_text(encoding='utf-8'))
-      except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f'{file}: not valid JSON ({e})') from None
+      meta[key] = read_json(file)
   return meta
 
 

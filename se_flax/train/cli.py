@@ -173,10 +173,16 @@ class _ReaderGoneToDevNull(io.FileIO):
     try:
       return super().write(data)
     except BrokenPipeError:
-      devnull = os.open(os.devnull, os.O_WRONLY)
-      os.dup2(devnull, self.fileno())
-      os.close(devnull)
+      discard_output(self.fileno())
       return memoryview(data).nbytes
+
+
+def discard_output(fd: int) -> None:
+  """Points `fd` at /dev/null: later writes, the flush at exit included,
+  go nowhere instead of failing on a pipe whose reader has gone."""
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, fd)
+  os.close(devnull)
 
 
 def guard_output_streams() -> None:

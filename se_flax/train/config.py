@@ -8,7 +8,6 @@ Durations are in epochs (converted to steps in code, from the dataset size
 and the global batch), so `--config.batch_size=...` keeps them right.
 """
 
-import json
 import os
 from typing import Optional
 
@@ -204,10 +203,7 @@ def load_stored(workdir: str) -> ml_collections.ConfigDict:
   path = paths.workdir_path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'{workdir} has no config.json (not a run?)')
-  try:
-    stored = json.loads(path.read_text(encoding='utf-8'))
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
+  stored = paths.read_json(path)
   try:
     return from_stored(stored)
   except ValueError as e:

@@ -408,17 +408,20 @@ def _train(config, workdir: str, preemption) -> TrainResult:
     if start_step == 0:
       writer.write_hparams(_flat_hparams(config))
     _log_run(config, state, inputs, num_steps, steps_per_epoch, workdir)
+    # `(step, state) -> eval summary`, the same at every evaluation.
+    evaluate_and_keep_best = functools.partial(
+        _evaluate_and_keep_best,
+        eval_fn=eval_fn,
+        inputs=inputs,
+        batch_sharding=batch_sharding,
+        ckpt=ckpt,
+        writer=writer,
+        run=run,
+        config=config,
+    )
     if start_step >= num_steps:
       return _finish_or_report_done(
-          config,
-          state,
-          eval_fn,
-          inputs,
-          batch_sharding,
-          ckpt,
-          writer,
-          run,
-          workdir,
+          state, evaluate_and_keep_best, ckpt, workdir
       )
     run_record.clear_final(workdir)
     result = _loop(
@@ -428,7 +431,7 @@ def _train(config, workdir: str, preemption) -> TrainResult:
         num_steps,
         eval_every,
         train_fn,
-        eval_fn,
+        evaluate_and_keep_best,
         inputs,
         batch_sharding,
         ckpt,
@@ -480,7 +483,7 @@ def _log_run(config, state, inputs, num_steps, steps_per_epoch, workdir):
 
 
 def _finish_or_report_done(
-    config, state, eval_fn, inputs, batch_sharding, ckpt, writer, run, workdir
+    state, evaluate_and_keep_best, ckpt, workdir
 ) -> TrainResult:
   """A restart at the last step: redoes the final evaluation and best save
   if they did not complete (killed, disk full), else says there is nothing
@@ -500,9 +503,7 @@ def _finish_or_report_done(
       'did not complete: doing them now',
       step,
   )
-  eval_summary = _evaluate_and_keep_best(
-      step, state, eval_fn, inputs, batch_sharding, ckpt, writer, run, config
-  )
+  eval_summary = evaluate_and_keep_best(step, state)
   ckpt.wait()
   run_record.write_final(workdir, step, eval_summary)
   return TrainResult(state, {}, eval_summary, False)
@@ -578,7 +579,7 @@ def _loop(
     num_steps,
     eval_every,
     train_fn,
-    eval_fn,
+    evaluate_and_keep_best,
     inputs,
     batch_sharding,
     ckpt,
@@ -669,17 +670,7 @@ def _loop(
       finite_watch.last_saved = done
       logging.info('checkpoint: step %d to %s', done, ckpt.step_dir(done))
     if evaluating:
-      eval_summary = _evaluate_and_keep_best(
-          done,
-          state,
-          eval_fn,
-          inputs,
-          batch_sharding,
-          ckpt,
-          writer,
-          run,
-          config,
-      )
+      eval_summary = evaluate_and_keep_best(done, state)
     if evaluating or saving:
       window_start += time.perf_counter() - pause_start
     if preempted:

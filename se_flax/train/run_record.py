@@ -11,7 +11,7 @@
 
 import json
 import zlib
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -42,13 +42,6 @@ def check_processes_agree(run: dict) -> None:
     )
 
 
-def _read_json(path) -> Any:
-  try:
-    return json.loads(path.read_text(encoding='utf-8'))
-  except (ValueError, UnicodeDecodeError) as e:
-    raise ValueError(f'{path}: not valid JSON ({e})') from None
-
-
 def _traces(ckpt: checkpoint.Checkpoints) -> list[str]:
   """The files of an earlier attempt that trained, in `ckpt.workdir`.
 
@@ -58,7 +51,8 @@ def _traces(ckpt: checkpoint.Checkpoints) -> list[str]:
   workdir = ckpt.workdir
   metrics = workdir / 'metrics.jsonl'
   best = ckpt.best.latest_step()
-  if best is None and not (metrics.exists() and metrics.read_text().strip()):
+  # Its size, not its text: a long run's metrics are many MB (on gs://).
+  if best is None and not (metrics.exists() and metrics.stat().length):
     return []
   found = [
       name
@@ -82,10 +76,10 @@ def _earlier_fingerprint(ckpt: checkpoint.Checkpoints) -> Optional[dict]:
   config_path = ckpt.workdir / 'config.json'
   if not config_path.exists():
     return None
-  run = resume.stored_fingerprint({'config': _read_json(config_path)})
+  run = resume.stored_fingerprint({'config': paths.read_json(config_path)})
   names_path = ckpt.workdir / checkpoint.LABEL_NAMES
   if names_path.exists():
-    run['data.class_names'] = _read_json(names_path)
+    run['data.class_names'] = paths.read_json(names_path)
   return run
 
 
@@ -158,7 +152,7 @@ def read_final(workdir: str) -> Optional[dict]:
     path = paths.workdir_path(workdir) / FINAL
     if path.exists():
       try:
-        record = _read_json(path)
+        record = paths.read_json(path)
       except ValueError as e:
         logging.warning('%s; redoing the final evaluation', e)
   step = record.get('step') if isinstance(record, dict) else None
