@@ -53,6 +53,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     prefetch: batches prefetched on the host; -1 = AUTOTUNE.
     cache: keep the raw records (JPEG bytes, not pixels) in host memory
       after the first pass; only for small datasets.
+    rand_augment: timm's RandAugment config string for training, e.g.
+      'rand-m7-mstd0.5-inc1' (ResNet strikes back); '' = off.
+    repeated_augmentation: timm's RepeatAugSampler repeats (RSB A1/A2: 3):
+      each chosen example appears this many times per epoch, each with its
+      own augmentation, and an epoch stays one dataset's worth of examples;
+      0 or 1 = off.
     skip_corrupt_records: train past corrupt or truncated record files
       instead of stopping with `CorruptRecordError` (which names the file and
       the byte offset): the records that can not be read (for a damaged
@@ -81,6 +87,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_attempts = 10
   c.random_rotation = 0.0
   c.pixel_jitter = 0.0
+  c.rand_augment = ''
+  c.repeated_augmentation = 0
   c.shuffle_buffer = 16_384
   c.file_cycle_length = 16
   c.num_parallel_calls = -1

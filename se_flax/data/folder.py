@@ -43,6 +43,16 @@ the batch of step s is a function of (seed, s, P) and the files. Resuming
 at step S starts at epoch S B // n_p, offset S B % n_p: no file before it
 is read.
 
+Repeated augmentation (config.data.repeated_augmentation = R > 1) is
+timm's RepeatAugSampler with the processes as its ranks: epoch e permutes
+all N files with a seed from (seed, e) alone, the same on every process,
+repeats each R times and deals them out as timm does (`repeats.py`), so
+the R copies of a file go to R different processes, each copy at a
+position of its own (its own augmentation). Each process's epoch then has
+`repeats.num_selected(N, R, P)` positions (in place of n_p above, for the
+resume arithmetic too), about N / P, and all processes together see about
+N / R distinct files per epoch.
+
 Bad files: a file that does not decode (or can not be read) is caught per
 example. In training it is counted in `num_skipped` every epoch, warned
 about with its path once, and its slot takes a copy of another example of
@@ -61,13 +71,13 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from se_flax.data import epoch_order
 from se_flax.data import large_images
 from se_flax.data import stream
 from se_flax.data import tf_setup
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 SPLITS = ('train', 'val')
-_MAX_EPOCHS = 1 << 40
 _LISTING_THREADS = 16  # listings are latency-bound on object stores
 _SHOW = 5  # names quoted in an error before '...'
 
@@ -225,12 +235,16 @@ def _scan(data_config, scan: Optional[FolderScan]) -> FolderScan:
   return scan if scan is not None else scan_folder(data_config.folder_root)
 
 
-def _process_part(split: FolderSplit, name: str, index: int, count: int):
+def _check_enough(split: FolderSplit, name: str, count: int) -> None:
   if len(split) < count:
     raise FolderError(
         f'{len(split)} {name} image(s) can not be split over {count} '
         'processes: each needs at least one.'
     )
+
+
+def _process_part(split: FolderSplit, name: str, index: int, count: int):
+  _check_enough(split, name, count)
   paths, labels = split.part(index, count)
   return tf.constant(paths, tf.string), tf.constant(labels, tf.int32)
 
@@ -260,26 +274,18 @@ def train_dataset(
     data_config.image_size; undecodable names the batch's k failed files.
   """
   local = stream.local_batch(global_batch_size, process_count)
-  paths, labels = _process_part(
-      scan.train, 'training', process_index, process_count
+  _check_enough(scan.train, 'training', process_count)
+  paths = tf.constant(scan.train.paths, tf.string)
+  labels = tf.constant(scan.train.labels, tf.int32)
+  augment_root, _ = stream.seed_roots(seed, process_index)
+  ds = epoch_order.folder_order(
+      len(scan.train),
+      num_repeats=data_config.repeated_augmentation,
+      seed=seed,
+      first_position=start_step * local,
+      process_index=process_index,
+      process_count=process_count,
   )
-  n = int(paths.shape[0])
-  first_epoch, offset = divmod(start_step * local, n)
-  augment_root, order_root = stream.seed_roots(seed, process_index)
-
-  def epoch(e):
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(n, dtype=tf.int64),
-        seed=tf.random.experimental.stateless_fold_in(order_root, e),
-        alg='philox',
-    )
-    start = tf.where(e == first_epoch, tf.constant(offset, tf.int64), 0)
-    order = order[start:]
-    positions = e * n + tf.range(start, n, dtype=tf.int64)
-    return tf.data.Dataset.from_tensor_slices((positions, order))
-
-  # An epoch holds only its permutation; paths are gathered per batch.
-  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
   preprocess = stream.train_preprocess_fn(data_config, jpeg=None)
   files = large_images.CheckedReader('training')
 

@@ -12,6 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
+from se_flax.data import rand_augment as rand_augment_lib
+
 WindowFn = Callable[[tf.Tensor], tf.Tensor]
 
 
@@ -178,8 +180,9 @@ def train_preprocess(
     random_rotation: float,
     pixel_jitter: float,
     jpeg: Optional[bool] = True,
+    rand_augment: str = '',
 ) -> tf.Tensor:
-  """Random-resized crop, flip and the optional SENet-repo augmentations.
+  """Random-resized crop, flip and the optional augmentations.
 
   Args:
     image_bytes: scalar tf.string, an encoded image.
@@ -190,6 +193,9 @@ def train_preprocess(
     random_rotation: max |angle| in degrees; 0 disables it.
     pixel_jitter: max per-channel shift in pixel units; 0 disables it.
     jpeg: see `decode_and_crop`.
+    rand_augment: timm's RandAugment config string ('' = off), applied
+      last, to the flipped uint8 crop, as timm's transforms_imagenet_train
+      (crop, flip, then auto_augment on the PIL image).
 
   Returns:
     uint8 [image_size, image_size, 3].
@@ -217,10 +223,16 @@ def train_preprocess(
     )
     image = image + shift
   clip = bool(pixel_jitter) or interpolation not in _CONVEX
-  # Flipped last, on uint8: a quarter of the bytes of the float image.
-  return tf.image.stateless_random_flip_left_right(
+  # Flipped on uint8: a quarter of the bytes of the float image.
+  image = tf.image.stateless_random_flip_left_right(
       to_uint8(image, clip=clip), flip_seed
   )
+  if rand_augment:
+    # Folded in, not a fifth split: the four seeds above keep their values.
+    ra_seed = tf.random.experimental.stateless_fold_in(seed, 4)
+    policy = rand_augment_lib.parse(rand_augment)
+    image = rand_augment_lib.augment(image, ra_seed, policy)
+  return image
 
 
 def eval_preprocess(

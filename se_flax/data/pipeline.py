@@ -28,6 +28,18 @@ epoch S B // n_p and skips S B % n_p records before anything is decoded
 (a mid-epoch resume re-reads, but does not decode, that many records).
 Changing P changes the stream.
 
+Repeated augmentation (config.data.repeated_augmentation = R > 1, timm's
+RepeatAugSampler): an epoch takes the first ceil(n_p / R) records of its
+shuffled stream and gives each R consecutive positions (each its own
+augmentation seed), n_p positions in all, so resumption is unchanged. The
+repeats stay within the process: a process streams only its own shard
+through a shuffle buffer, with no random access to the others' records, so
+timm's spreading of the copies over ranks (the folder source does it, see
+`folder.py` and `repeats.py`) would need every process to read every
+record. Like timm on one rank, then, the copies of an example share a
+batch. With `cache` each epoch still reads its whole shard (filling the
+cache); without, it stops after the records it uses.
+
 Evaluation (the paper's single-crop protocol): the shorter side is resized to
 eval_image_size / crop_pct (256 for 224 at 0.875) and the centre
 eval_image_size square is kept; this is done as the equivalent centre crop of
@@ -67,8 +79,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from se_flax.data import epoch_order
 from se_flax.data import prepare
 from se_flax.data import records
+from se_flax.data import repeats
 from se_flax.data import stream
 from se_flax.data import tf_setup
 
@@ -200,6 +214,7 @@ def train_dataset(
     cached = records.read(shard, cycle_length=cycle, stand_in=stand_in)
     cached = cached.cache()
   buffer = max(1, min(data_config.shuffle_buffer, n))
+  num_repeats = data_config.repeated_augmentation
 
   def epoch(e):
     file_seed, buffer_seed = tf.unstack(
@@ -218,7 +233,12 @@ def train_dataset(
           shard, order_seed=file_seed, cycle_length=cycle, stand_in=stand_in
       )
     positions = tf.data.Dataset.range(e * n, (e + 1) * n)
-    return tf.data.Dataset.zip(positions, recs.shuffle(buffer, buffer_seed))
+    recs = recs.shuffle(buffer, buffer_seed)
+    if repeats.is_on(num_repeats):
+      recs = epoch_order.repeat_within(
+          recs, num_repeats, n, read_all=data_config.cache
+      )
+    return tf.data.Dataset.zip(positions, recs)
 
   # Skipped before parsing and decoding: resuming costs only record reads.
   # Lost records have stand-ins, so every epoch has n positions.

@@ -7,12 +7,16 @@ Reports images/s (and per core) of the training and eval pipelines, next to
 the bare cost of the work they cannot avoid, measured on the same images in
 the same run: fused decode-and-crop of a random Inception crop + resize (+ the
 cast to uint8), mapped in parallel over JPEG bytes held in memory. The ratio
-train / bare is the pipeline's efficiency (target >= 0.7). Without
+train / bare is the pipeline's efficiency (target >= 0.7). The training
+pipeline is also measured with timm's RandAugment (--rand_augment, RSB's
+'rand-m7-mstd0.5-inc1' by default): ratio with / without (target >= 0.7).
+--threads=1 measures one core (tf.data pool and map parallelism 1). Without
 --data_dir it first builds a small ImageNet of ImageNet-like JPEGs (~500x375,
 ~100 kB) with `tiny_imagenet`, through TFDS's real builder.
 """
 
 import argparse
+import copy
 import functools
 import os
 import statistics
@@ -53,7 +57,7 @@ def _rate(batches, batch_size: int, seconds: float, warmup: int = 3):
   return count / wall, count / cpu
 
 
-def bare_dataset(jpegs, data_config, batch_size: int):
+def bare_dataset(jpegs, data_config, batch_size: int, parallel: int = -1):
   """Decode-and-crop + resize of in-memory JPEGs, nothing else."""
   window = functools.partial(
       ops.random_crop_window,
@@ -75,9 +79,12 @@ def bare_dataset(jpegs, data_config, batch_size: int):
     return tf.cast(image, tf.uint8)
 
   ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat().enumerate()
-  ds = ds.map(work, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  parallel = tf.data.AUTOTUNE if parallel < 0 else parallel
+  ds = ds.map(work, num_parallel_calls=parallel, deterministic=True)
   options = tf.data.Options()
   options.threading.max_intra_op_parallelism = 1
+  if data_config.threads:
+    options.threading.private_threadpool_size = data_config.threads
   return ds.batch(batch_size).prefetch(2).with_options(options)
 
 
@@ -98,15 +105,18 @@ def run(
     batch_size: int,
     seconds: float,
     repeats: int,
+    rand_augment: str = 'rand-m7-mstd0.5-inc1',
     log: Callable[[str], None] = print,
 ) -> Dict[str, float]:
-  """Measures bare, train and eval throughput, alternating `repeats` times.
+  """Measures bare, train, train with RandAugment and eval throughput,
+  alternating `repeats` times.
 
   Returns:
     Medians over rounds: '<kind>' images/s and '<kind>_per_cpu' images per
-    CPU-second for kind in (bare, train, eval); 'ratio' = train / bare of
-    images/s and 'cpu_ratio' of the per-CPU figures (medians of the ratios
-    within each round, which share the machine's load); 'cores'.
+    CPU-second for kind in (bare, train, train_ra, eval); 'ratio' = train /
+    bare of images/s and 'cpu_ratio' of the per-CPU figures, 'ra_ratio' and
+    'ra_cpu_ratio' = train_ra / train (medians of the ratios within each
+    round, which share the machine's load); 'cores'.
   """
   tf_setup.hide_accelerators_from_tf()
   jpegs = tf.stack(_first_jpegs(data_config, 512))
@@ -115,10 +125,19 @@ def run(
       f'{len(sizes)} JPEGs in memory for the bare run, mean '
       f'{sizes.mean() / 1e3:.0f} kB; image_size {data_config.image_size}'
   )
+  ra_config = copy.deepcopy(data_config)
+  ra_config.rand_augment = rand_augment
   makers = {
-      'bare': lambda r: iter(bare_dataset(jpegs, data_config, batch_size)),
+      'bare': lambda r: iter(
+          bare_dataset(
+              jpegs, data_config, batch_size, data_config.num_parallel_calls
+          )
+      ),
       'train': lambda r: pipeline.create_train_iterator(
           data_config, global_batch_size=batch_size, seed=r
+      ),
+      'train_ra': lambda r: pipeline.create_train_iterator(
+          ra_config, global_batch_size=batch_size, seed=r
       ),
       'eval': lambda r: _forever(
           pipeline.create_eval_iterator(
@@ -135,6 +154,8 @@ def run(
       del batches  # stops its threads before the next measurement
     row['ratio'] = row['train'] / row['bare']
     row['cpu_ratio'] = row['train_per_cpu'] / row['bare_per_cpu']
+    row['ra_ratio'] = row['train_ra'] / row['train']
+    row['ra_cpu_ratio'] = row['train_ra_per_cpu'] / row['train_per_cpu']
     log(
         '  '.join(
             f'{k} {v:.2f}' if 'ratio' in k else f'{k} {v:.0f}'
@@ -166,11 +187,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--seconds', type=float, default=10.0)
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--rand_augment', default='rand-m7-mstd0.5-inc1')
+  parser.add_argument(
+      '--threads',
+      type=int,
+      default=0,
+      help='tf.data threads and map parallelism; 0 = all cores.',
+  )
   args = parser.parse_args(argv)
 
   data_config = config_lib.default_data_config()
   data_config.name = args.name
   data_config.image_size = args.image_size
+  if args.threads:
+    data_config.threads = args.threads
+    data_config.num_parallel_calls = args.threads
   if args.data_dir:
     data_config.data_dir = args.data_dir
   else:
@@ -188,6 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       batch_size=args.batch_size,
       seconds=args.seconds,
       repeats=args.repeats,
+      rand_augment=args.rand_augment,
   )
   print(
       f'cores {r["cores"]}, image_size {args.image_size}, batch '
@@ -196,8 +228,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       f'{"bare decode-and-crop + resize":30s} {r["bare"]:9.0f} '
       f'{r["bare_per_cpu"]:10.0f}\n'
       f'{"train pipeline":30s} {r["train"]:9.0f} {r["train_per_cpu"]:10.0f}'
+      f'\n{"train + " + args.rand_augment:30s} {r["train_ra"]:9.0f} '
+      f'{r["train_ra_per_cpu"]:10.0f}'
       f'\n{"eval pipeline":30s} {r["eval"]:9.0f} {r["eval_per_cpu"]:10.0f}'
       f'\ntrain / bare: {r["ratio"]:.2f} (wall), {r["cpu_ratio"]:.2f} (CPU)'
+      f'\nwith / without RandAugment: {r["ra_ratio"]:.2f} (wall), '
+      f'{r["ra_cpu_ratio"]:.2f} (CPU)'
   )
   return 0
 

@@ -85,6 +85,7 @@ def train_preprocess_fn(data_config, *, jpeg: Optional[bool]):
       random_rotation=data_config.random_rotation,
       pixel_jitter=data_config.pixel_jitter,
       jpeg=jpeg,
+      rand_augment=data_config.rand_augment,
   )
 
 

@@ -16,6 +16,7 @@ from se_flax.layers.common import (
     make_divisible,
 )
 from se_flax.layers.conv import Conv2d, Padding
+from se_flax.layers.drop_path import DropPath, block_rates
 from se_flax.layers.factories import factories
 from se_flax.layers.norm import BN_EPSILON, BN_MOMENTUM, BatchNorm, batch_norm
 from se_flax.layers.pooling import (
@@ -39,6 +40,7 @@ __all__ = [
     'BN_MOMENTUM',
     'BatchNorm',
     'Conv2d',
+    'DropPath',
     'Dtype',
     'LAYER_RULES',
     'ModuleDef',
@@ -47,6 +49,7 @@ __all__ = [
     'adaptive_avg_pool',
     'avg_pool',
     'batch_norm',
+    'block_rates',
     'check_layer_rules',
     'check_nhwc',
     'current_layer_rules',

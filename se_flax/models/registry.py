@@ -71,6 +71,25 @@ def _se_factory(default: Optional[Mapping[str, Any]], se: SESpec):
   return functools.partial(SqueezeExcite, **{**(default or {}), **se})
 
 
+def _check_drop_path(name, cls, known, overrides) -> None:
+  """Drops a zero `drop_path_rate` the family lacks; rejects a non-zero one.
+
+  So a config may pass rate 0 to any network, while a non-zero rate fails
+  on a family that has no stochastic depth (only `ResNet` has it).
+  """
+  if 'drop_path_rate' not in overrides or 'drop_path_rate' in known:
+    return
+  if not overrides['drop_path_rate']:
+    del overrides['drop_path_rate']
+    return
+  raise ValueError(
+      f'{name}: drop_path_rate={overrides["drop_path_rate"]!r}, but '
+      f'{cls.__name__} has no stochastic depth; only the ResNet family '
+      '(resnet*, resnext*, seresnet*, seresnext*, senet154, legacy_* and '
+      'the se_* paper names) supports drop_path_rate > 0'
+  )
+
+
 def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
   """Returns the linen Module registered as `name`.
 
@@ -89,6 +108,7 @@ def create_model(name: str, num_classes: int = 1000, **overrides) -> nn.Module:
   cls, fields = _lookup(name)
   fields = dict(fields, num_classes=num_classes)
   known = {f.name for f in dataclasses.fields(cls)} - {'parent', 'name'}
+  _check_drop_path(name, cls, known, overrides)
   unknown = set(overrides) - known
   if unknown:
     raise ValueError(

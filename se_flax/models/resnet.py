@@ -16,6 +16,7 @@ import jax
 
 from se_flax import layers
 from se_flax.layers import ModuleDef
+from se_flax.layers import drop_path as drop_path_lib
 from se_flax.models import base
 
 SE_POSITIONS = ('standard', 'pre', 'post', 'identity', '3x3')
@@ -35,6 +36,8 @@ class Block(nn.Module):
       (1, or 3 in SENet-154); a stride-1 projection is always 1x1.
     relu_before_se: the legacy SE-ResNet-18/34 quirk.
     se: SE factory or None; se_position: one of `SE_POSITIONS`.
+    drop_path_rate: stochastic depth of the branch (timm's `DropPath`:
+      after SE, before the add); applied unless `deterministic`.
   """
 
   planes: int
@@ -51,6 +54,8 @@ class Block(nn.Module):
   norm: ModuleDef
   se: Optional[ModuleDef]
   se_position: str
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -109,6 +114,11 @@ class Block(nn.Module):
     if se is not None and self.se_position == 'standard' and not se_after_bn:
       y = se(name='se')(y)
 
+    if self.drop_path_rate > 0.0 and not self.deterministic:
+      y = drop_path_lib.DropPath(self.drop_path_rate, name='drop_path')(
+          y, deterministic=False
+      )
+
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out_features:
       kernel = self.downsample_kernel if self.strides > 1 else 1
@@ -152,6 +162,9 @@ class ResNet(base.Network):
       (stages conv2_x..conv5_x = 2..5, 1-based blocks), e.g.
       ('SE_5_2', 'SE_5_3'): the ablation §7.2 suggests.
     zero_init_last_bn: init the last BN scale of each branch to zero.
+    drop_path_rate: stochastic depth (timm's `drop_path_rate`): the rate of
+      the last block, linear in the block index from 0 at the first
+      (`drop_path.block_rates`); training only, 'dropout' RNG stream.
   """
 
   stage_sizes: Sequence[int]
@@ -170,6 +183,7 @@ class ResNet(base.Network):
   se_stages: Sequence[int] = (1, 2, 3, 4)
   se_blocks_off: Sequence[str] = ()
   zero_init_last_bn: bool = True
+  drop_path_rate: float = 0.0
 
   def __post_init__(self):
     # Fail at construction (before any tracing) on a misnamed option.
@@ -192,6 +206,7 @@ class ResNet(base.Network):
           f'se_position must be one of {SE_POSITIONS}, got '
           f'{self.se_position!r}'
       )
+    drop_path_lib.check_rate(self.drop_path_rate)
     if len(self.stage_planes) != len(self.stage_sizes):
       raise ValueError(
           'stage_planes and stage_sizes differ in length: '
@@ -222,6 +237,7 @@ class ResNet(base.Network):
       x = layers.max_pool_ceil(x)
     else:
       x = layers.max_pool_padded(x)
+    rates = drop_path_lib.block_rates(self.drop_path_rate, self.stage_sizes)
     for i, (num_blocks, planes) in enumerate(
         zip(self.stage_sizes, self.stage_planes)
     ):
@@ -247,6 +263,8 @@ class ResNet(base.Network):
                 else None
             ),
             se_position=self.se_position,
+            drop_path_rate=rates[i][j],
+            deterministic=not train,
             name=f'stage{i + 1}_block{j}',
         )(x)
       maps.append(x)

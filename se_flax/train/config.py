@@ -39,6 +39,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Blocks without SE by the paper's names, e.g. ('SE_5_2', 'SE_5_3').
   c.model.se_blocks_off = placeholder(tuple)
   c.model.drop_rate = placeholder(float)
+  # Stochastic depth (timm's drop_path_rate): the rate of the last block,
+  # linear in the block index from 0; ResNet-family networks.
+  c.model.drop_path_rate = placeholder(float)
   c.model.zero_init_last_bn = placeholder(bool)
   c.model.bn_momentum = 0.9  # Flax convention: PyTorch's 0.1.
   # 0: BN statistics over the global batch; k > 1: over k equal groups
@@ -71,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 100.0
   c.num_train_steps = -1  # > 0 overrides num_epochs (smoke runs, tests).
 
-  c.optimizer = 'sgd'
+  c.optimizer = 'sgd'  # 'sgd' | 'lamb' (timm's Lamb, train/lamb.py)
   c.learning_rate = 0.15  # Per 256 images: 0.6 at the paper's 1024.
   c.momentum = 0.9
   c.nesterov = False
@@ -83,6 +86,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.lr_decay_factor = 0.1
   c.warmup_epochs = 0.0
   c.label_smoothing = 0.0
+  # `learning_rate` is the rate at `lr_base_batch_size` images, scaled to
+  # `batch_size` by 'linear' (SGD) or 'sqrt' (timm's rule for LAMB).
+  c.lr_base_batch_size = 256
+  c.lr_scaling = 'linear'
+  # 'softmax' cross entropy | 'bce': timm's BinaryCrossEntropy (ResNet
+  # strikes back), targets > `bce_target_threshold` become 1 when it is set.
+  c.loss = 'softmax'
+  c.bce_target_threshold = placeholder(float)
+  # timm's batch Mixup/CutMix on the device (train/mixup.py); off while both
+  # alphas are 0. `label_smoothing` is folded into its soft targets.
+  c.mixup = ml_collections.ConfigDict(
+      dict(mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5)
+  )
   c.ema_decay = 0.0  # > 0 keeps (and evaluates) an EMA of the weights.
   # Fine-tuning (configs/finetune.py). `init_from`: anything
   # se_flax.load_pretrained takes (a hub tag, a weights file, a training
@@ -159,6 +175,7 @@ _MODEL_FIELDS = (
     'se_stages',
     'se_blocks_off',
     'drop_rate',
+    'drop_path_rate',
     'zero_init_last_bn',
 )
 

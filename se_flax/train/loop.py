@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from se_flax import layers, runtime
-from se_flax.train import checkpoint, finetune, multihost, nonfinite
+from se_flax.train import checkpoint, finetune, mixup, multihost, nonfinite
 from se_flax.train import object_store_lock, optim, paths
 from se_flax.train import preemption as preemption_lib
 from se_flax.train import resume, run_record, sharding, steps, workdir_lock
@@ -140,6 +140,9 @@ def jit_steps(
           tx=tx,
           schedule=schedule,
           label_smoothing=config.label_smoothing,
+          loss=config.loss,
+          bce_target_threshold=config.bce_target_threshold,
+          mixup=mixup.from_config(config, model.num_classes),
           ema_decay=config.ema_decay,
           bn_groups=config.model.bn_groups,
           freeze_bn_stats=config.freeze_bn_stats,

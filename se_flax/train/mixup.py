@@ -22,7 +22,7 @@ float64 with numpy when tracing).
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -314,3 +314,21 @@ def mixup(
   Jittable with `config` static.
   """
   return apply(config, draw(config, key, images.shape[1:3]), images, labels)
+
+
+def from_config(config, num_classes: int) -> Optional[MixupConfig]:
+  """The training config's `mixup` fields (and its label smoothing, which
+  timm folds into the soft targets) as a MixupConfig; None when both Mixup
+  and CutMix are off."""
+  m = config.mixup
+  if not (m.mixup_alpha > 0 or m.cutmix_alpha > 0):
+    return None
+  return MixupConfig(
+      mixup_alpha=float(m.mixup_alpha),
+      cutmix_alpha=float(m.cutmix_alpha),
+      prob=float(m.prob),
+      switch_prob=float(m.switch_prob),
+      correct_lam=True,
+      label_smoothing=float(config.label_smoothing),
+      num_classes=num_classes,
+  )

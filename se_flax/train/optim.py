@@ -8,10 +8,23 @@ import jax
 import ml_collections
 import optax
 
+from se_flax.train import lamb
+
+LR_SCALINGS = ('linear', 'sqrt')
+
 
 def learning_rate(config: ml_collections.ConfigDict) -> float:
-  """Peak learning rate: `config.learning_rate` is per 256 images."""
-  return config.learning_rate * config.batch_size / 256
+  """Peak learning rate at the run's global batch.
+
+  `config.learning_rate` is the rate at `lr_base_batch_size` images
+  (default 256), scaled to `batch_size` by `lr_scaling`: 'linear' (SGD's
+  rule, Goyal et al.) or 'sqrt' (timm's rule for LAMB and Adam-type
+  optimizers: rate x sqrt(batch / base)).
+  """
+  ratio = config.batch_size / config.get('lr_base_batch_size', 256)
+  if config.get('lr_scaling', 'linear') == 'sqrt':
+    return config.learning_rate * math.sqrt(ratio)
+  return config.learning_rate * ratio
 
 
 def create_schedule(
@@ -117,10 +130,12 @@ def param_groups(params, freeze_stages: int = 0):
 def create_optimizer(
     config: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum and masked, coupled weight decay.
+  """SGD or LAMB with masked weight decay.
 
-  Decay is added to the gradient before momentum, as PyTorch's SGD does.
-  With `backbone_lr_multiplier` != 1 or `freeze_stages` > 0 the parameters
+  'sgd': (Nesterov) momentum with decay added to the gradient before
+  momentum, as PyTorch's SGD does. 'lamb': timm's `Lamb` (`lamb.lamb`),
+  ResNet strikes back's optimizer, decay and trust ratio on the leaves
+  `weight_decay_mask` picks. With `backbone_lr_multiplier` != 1 or `freeze_stages` > 0 the parameters
   form groups (`param_groups`): the head follows `schedule`, the backbone
   `backbone_lr_multiplier` times it (its SGD update scaled, which is SGD
   at that learning rate: the update is linear in it), and frozen leaves
@@ -128,26 +143,29 @@ def create_optimizer(
   optimizer state has the plain layout (checkpoints of earlier runs
   restore).
   """
-  if config.optimizer != 'sgd':
-    raise ValueError(f"optimizer must be 'sgd', got {config.optimizer!r}")
-
-  def sgd():
-    return optax.chain(
-        optax.add_decayed_weights(
-            config.weight_decay,
-            mask=lambda p: weight_decay_mask(p, config.weight_decay_se),
-        ),
+  decays = lambda p: weight_decay_mask(p, config.weight_decay_se)
+  if config.optimizer == 'sgd':
+    base = lambda: optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decays),
         optax.sgd(schedule, momentum=config.momentum, nesterov=config.nesterov),
+    )
+  elif config.optimizer == 'lamb':
+    base = lambda: lamb.lamb(
+        schedule, weight_decay=config.weight_decay, weight_decay_mask=decays
+    )
+  else:
+    raise ValueError(
+        f"optimizer must be 'sgd' or 'lamb', got {config.optimizer!r}"
     )
 
   multiplier = config.get('backbone_lr_multiplier', 1.0)
   freeze_stages = config.get('freeze_stages', 0)
   if multiplier == 1.0 and not freeze_stages:
-    return sgd()
+    return base()
   return optax.multi_transform(
       {
-          'head': sgd(),
-          'backbone': optax.chain(sgd(), optax.scale(multiplier)),
+          'head': base(),
+          'backbone': optax.chain(base(), optax.scale(multiplier)),
           'frozen': optax.set_to_zero(),
       },
       lambda params: param_groups(params, freeze_stages),

@@ -6,7 +6,7 @@ bool (N,) marking real (not padding) examples. Images are normalised on
 the device, so the host ships a quarter of the bytes of float32.
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -15,20 +15,51 @@ import optax
 
 from se_flax import layers
 from se_flax.data.normalize import normalize_images
+from se_flax.train import losses
+from se_flax.train import mixup as mixup_lib
 from se_flax.train.state import TrainState
 
 
 def cross_entropy(
     logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
-  """Per-example softmax cross entropy (N,) with optional label smoothing."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
+  """Per-example softmax cross entropy (N,) with optional label smoothing.
+
+  `labels`: class indices (N,), or soft targets (N, C) (Mixup/CutMix's,
+  smoothing already folded in: timm's SoftTargetCrossEntropy).
+  """
+  if labels.ndim == 2:
+    targets = labels
+  else:
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+    if label_smoothing:
+      targets = optax.smooth_labels(targets, label_smoothing)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def training_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    *,
+    loss: str = 'softmax',
+    label_smoothing: float = 0.0,
+    bce_target_threshold: Optional[float] = None,
+) -> jax.Array:
+  """The batch's mean loss. `targets`: class indices (N,) or soft (N, C).
+
+  'softmax': cross entropy; 'bce': timm's BinaryCrossEntropy (mean over
+  N x C), the loss of ResNet strikes back. Label smoothing applies to class
+  indices only; soft targets carry their own (timm's mixup_target).
+  """
+  if loss == 'bce':
+    return losses.binary_cross_entropy(
+        logits, targets, label_smoothing, bce_target_threshold
+    )
+  return cross_entropy(logits, targets, label_smoothing).mean()
+
+
 _BATCH_NORMS = (nn.BatchNorm, layers.BatchNorm)
+_MIXUP_STREAM = 0x6D6978  # fold_in data for the Mixup key ('mix')
 
 
 def _bn_with_running_statistics(next_fun, args, kwargs, context):
@@ -111,12 +142,21 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: Callable,
     label_smoothing: float = 0.0,
+    loss: str = 'softmax',
+    bce_target_threshold: Optional[float] = None,
+    mixup: Optional[mixup_lib.MixupConfig] = None,
     ema_decay: float = 0.0,
     bn_groups: int = 0,
     freeze_bn_stats: bool = False,
     dtype: Any = jnp.float32,
 ):
-  """One SGD step. Returns (new state, metrics of this step).
+  """One optimizer step. Returns (new state, metrics of this step).
+
+  `mixup`: timm's batch Mixup/CutMix (its `label_smoothing` folded into
+  the soft targets), drawn from the step's key, so (seed, step) still
+  fixes the batch; images are mixed in float32 after normalisation (the
+  mix is affine, so before or after is the same) and then cast to `dtype`.
+  `loss`, `bce_target_threshold`: see `training_loss`.
 
   `freeze_bn_stats`: BN normalises with the running statistics and keeps
   them (and their EMA) bitwise unchanged; see `_forward_train`.
@@ -129,19 +169,33 @@ def train_step(
   squares overflows float32 (values beyond ~1e19: a diverged run) counts
   as non-finite too.
   """
-  images = normalize_images(batch['image'], dtype)
   labels = batch['label']
   rng = jax.random.fold_in(state.rng, state.step)
+  if mixup is None:
+    images, targets = normalize_images(batch['image'], dtype), labels
+  else:
+    # A key of its own: dropout and drop path keep drawing from `rng`.
+    mix_key = jax.random.fold_in(rng, _MIXUP_STREAM)
+    images, targets = mixup_lib.mixup(
+        mixup, mix_key, normalize_images(batch['image'], jnp.float32), labels
+    )
+    images = images.astype(dtype)
 
   def loss_fn(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     logits, batch_stats = _forward_train(
         model, variables, images, rng, bn_groups, freeze_bn_stats
     )
-    loss = cross_entropy(logits, labels, label_smoothing).mean()
-    return loss, (logits, batch_stats)
+    value = training_loss(
+        logits,
+        targets,
+        loss=loss,
+        label_smoothing=label_smoothing,
+        bce_target_threshold=bce_target_threshold,
+    )
+    return value, (logits, batch_stats)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+  (value, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True
   )(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -165,7 +219,7 @@ def train_step(
       (opt_state, batch_stats, new.ema_params, new.ema_batch_stats)
   )
   finite = (
-      jnp.isfinite(loss)
+      jnp.isfinite(value)
       & jnp.isfinite(grads_sq)
       & jnp.isfinite(params_sq)
       & jnp.isfinite(others_sq)
@@ -175,7 +229,8 @@ def train_step(
       step=state.step + 1, skipped_steps=state.skipped_steps + (~finite)
   )
   metrics = {
-      'loss': loss,
+      'loss': value,
+      # Against each image's own label, also when Mixup mixed it.
       'top1': jnp.mean(jnp.argmax(logits, -1) == labels),
       'learning_rate': schedule(state.step),
       'l2_grads': jnp.sqrt(grads_sq),

@@ -9,11 +9,11 @@ import math
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from se_flax import layers
-from se_flax.models import registry
+from se_flax.data import rand_augment_config
+from se_flax.models import image_sizes, registry
 from se_flax.train import optim
 from se_flax.train.config import build_model
 from se_flax.train.inputs import SOURCES
@@ -72,6 +72,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   )
   _validate_batch_and_model(config)
   _validate_recipe(config)
+  _validate_regularisers(config)
   _validate_intervals(config)
   _validate_finetune(config)
   _validate_data(config)
@@ -120,10 +121,9 @@ def _validate_batch_and_model(config: ml_collections.ConfigDict) -> None:
           else ''
       ),
   )
-  if config.model.drop_rate is not None:
-    _check_number(
-        config.model.drop_rate, 'model.drop_rate', at_least=0, below=1
-    )
+  for rate in ('drop_rate', 'drop_path_rate'):
+    if config.model.get(rate) is not None:
+      _check_number(config.model[rate], f'model.{rate}', at_least=0, below=1)
   if config.model.se_reduction is not None:
     _check_number(
         config.model.se_reduction, 'model.se_reduction', above=0, integer=True
@@ -178,6 +178,45 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
   )
   if config.num_train_steps == -1:
     _check_number(config.num_epochs, 'num_epochs', above=0)
+
+
+def _validate_regularisers(config: ml_collections.ConfigDict) -> None:
+  """Optimizer choice, learning-rate scaling, loss and Mixup/CutMix."""
+  for field, allowed in (
+      ('optimizer', ('sgd', 'lamb')),
+      ('lr_scaling', optim.LR_SCALINGS),
+      ('loss', ('softmax', 'bce')),
+  ):
+    _check(
+        config[field] in allowed,
+        field,
+        f'{config[field]!r} is not one of {allowed}',
+    )
+  _check_number(
+      config.lr_base_batch_size, 'lr_base_batch_size', above=0, integer=True
+  )
+  if config.bce_target_threshold is not None:
+    _check(
+        config.loss == 'bce',
+        'bce_target_threshold',
+        f'{config.bce_target_threshold!r} is set but loss is '
+        f"{config.loss!r}: it applies to loss='bce' only",
+    )
+    _check_number(
+        config.bce_target_threshold,
+        'bce_target_threshold',
+        at_least=0,
+        below=1,
+    )
+  m = config.mixup
+  for field in ('mixup_alpha', 'cutmix_alpha'):
+    _check_number(m[field], f'mixup.{field}', at_least=0)
+  for field in ('prob', 'switch_prob'):
+    _check(
+        _is_number(m[field]) and 0 <= m[field] <= 1,
+        f'mixup.{field}',
+        f'{m[field]!r} must be a probability in [0, 1]',
+    )
 
 
 def _validate_intervals(config: ml_collections.ConfigDict) -> None:
@@ -268,6 +307,14 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     )
   for field in ('random_rotation', 'pixel_jitter'):
     _check_number(data[field], f'data.{field}', at_least=0)
+  if data.rand_augment:  # Its error names the field (TF-free parser).
+    rand_augment_config.parse(data.rand_augment)
+  _check_number(
+      data.repeated_augmentation,
+      'data.repeated_augmentation',
+      at_least=0,
+      integer=True,
+  )
 
 
 def _validate_finetune(config: ml_collections.ConfigDict) -> None:
@@ -291,18 +338,13 @@ def _validate_finetune(config: ml_collections.ConfigDict) -> None:
       f'{stages!r} must be an int >= 0 (0: nothing frozen)',
   )
   if stages:
-    shapes = _init_shapes(build_model(config, 2), config.data.image_size)
+    shapes = image_sizes.init_shapes(
+        build_model(config, 2), config.data.image_size
+    )
     try:
       optim.param_groups(shapes['params'], stages)
     except ValueError as e:
       _fail('freeze_stages', f'{e} ({config.model.name})')
-
-
-def _init_shapes(model, size: int):
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x
-  )
 
 
 # tf.image.resize's methods.
@@ -316,46 +358,6 @@ _INTERPOLATIONS = (
     'gaussian',
     'mitchellcubic',
 )
-# Sizes tried, smallest first, to name one the network does take.
-_PROBE_SIZES = (16, 32, 64, 75, 96, 128, 160, 224, 299)
-
-
-def _inner_jaxprs(param):
-  """The jaxprs a primitive's parameter holds (`cond` holds a tuple)."""
-  for item in param if isinstance(param, (tuple, list)) else (param,):
-    inner = getattr(item, 'jaxpr', item)  # A ClosedJaxpr or a Jaxpr.
-    if hasattr(inner, 'eqns'):
-      yield inner
-
-
-def _has_empty_array(jaxpr) -> bool:
-  """Whether any value computed in `jaxpr` (or a jaxpr inside) is empty."""
-  for eqn in jaxpr.eqns:
-    if any(0 in getattr(v.aval, 'shape', ()) for v in eqn.outvars):
-      return True
-    for param in eqn.params.values():
-      if any(_has_empty_array(inner) for inner in _inner_jaxprs(param)):
-        return True
-  return False
-
-
-def _trace_problem(model, size: int) -> Optional[Exception]:
-  """Why `model` cannot map a size x size image to logits through feature
-  maps of at least one pixel, or None (traced only: nothing computed)."""
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  forward = lambda x: model.init_with_output(
-      jax.random.PRNGKey(0), x, train=False
-  )[0]
-  try:
-    traced = jax.make_jaxpr(forward)(x)
-  except Exception as e:  # pylint: disable=broad-except
-    # A layer's refusal (a window larger than its input), or a model field
-    # no size can satisfy: told apart by the probe sizes.
-    return e
-  if _has_empty_array(traced.jaxpr):
-    # A map pooled or strided down to nothing still gives (NaN) logits.
-    return ValueError('a feature map has no pixel left')
-  return None
 
 
 def _validate_image_sizes(config: ml_collections.ConfigDict) -> None:
@@ -369,12 +371,10 @@ def _validate_image_sizes(config: ml_collections.ConfigDict) -> None:
     # Traced with the layers the run uses: the CPU rules have their own
     # limits (a pooling window larger than its input).
     with layers.layer_rules(config.layer_rules):
-      problem = _trace_problem(model, size)
+      problem = image_sizes.trace_problem(model, size)
       if problem is None:
         continue
-      smallest = next(
-          (s for s in _PROBE_SIZES if _trace_problem(model, s) is None), None
-      )
+      smallest = image_sizes.smallest_size(model)
     if smallest is None:  # No size works: the model's fields are at fault.
       first_line = (str(problem).splitlines() or [''])[0]
       _fail(

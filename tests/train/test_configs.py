@@ -25,6 +25,9 @@ CASES = [
     ('paired', 'se_vgg16_bn'),
     ('mobile', 'se_mobilenetv1_100'),
     ('mobile', 'se_shufflenet_g3'),
+    ('rsb', 'a1'),
+    ('rsb', 'a2'),
+    ('rsb', 'a3'),
 ]
 
 
