@@ -352,16 +352,49 @@ def shear_y(image: tf.Tensor, factor: tf.Tensor, fill: tf.Tensor) -> tf.Tensor:
   return _transpose(shear_x(_transpose(image), factor, fill))
 
 
+def _translate(
+    image: tf.Tensor, shift: tf.Tensor, axis: int, fill: tf.Tensor
+) -> tf.Tensor:
+  """Samples the input at coordinate + shift (float64 scalar) along `axis`
+  (0: y, 1: x): each output lerps the inputs k = floor(shift) and k + 1
+  on, so a roll and two slices (~3x faster than `crop_and_resize`, no
+  transposes for y); wrapped-around entries land where the fill goes.
+  """
+  size = tf.shape(image)[axis]
+  k = tf.floor(shift)
+  t = tf.cast(shift - k, tf.float32)
+  first = [slice(None)] * 3
+  last = [slice(None)] * 3
+  first[axis], last[axis] = slice(0, 1), slice(-1, None)
+  # Index j of `padded` is input index j - 1 (edge pixels repeat).
+  padded = tf.concat([image[tuple(first)], image, image[tuple(last)]], axis)
+  rolled = tf.roll(padded, -tf.cast(k, tf.int32) - 1, axis)
+  lo = [slice(None)] * 3
+  hi = [slice(None)] * 3
+  lo[axis], hi[axis] = slice(0, size), slice(1, size + 1)
+  x0 = tf.cast(rolled[tuple(lo)], tf.float32)
+  x1 = tf.cast(rolled[tuple(hi)], tf.float32)
+  # Pillow's lerp, in float32: in0 + (in1 - in0) dx.
+  warped = x0 + (x1 - x0) * t
+  if axis == 1:
+    inside = _inside(_column_centres(image) + shift, size)
+  else:
+    ys = tf.range(tf.cast(size, tf.float64))[:, None] + 0.5
+    inside = _inside(ys + shift, size)
+  return _fill_outside(warped, inside, fill)
+
+
 def translate_x_rel(
     image: tf.Tensor, fraction: tf.Tensor, fill: tf.Tensor
 ) -> tf.Tensor:
   """timm's `translate_x_rel`: x_in = x + fraction * width."""
   width = tf.cast(tf.shape(image)[1], tf.float64)
-  return _shift_rows(image, tf.cast(fraction, tf.float64)[None] * width, fill)
+  return _translate(image, tf.cast(fraction, tf.float64) * width, 1, fill)
 
 
 def translate_y_rel(
     image: tf.Tensor, fraction: tf.Tensor, fill: tf.Tensor
 ) -> tf.Tensor:
   """timm's `translate_y_rel`: y_in = y + fraction * height."""
-  return _transpose(translate_x_rel(_transpose(image), fraction, fill))
+  height = tf.cast(tf.shape(image)[0], tf.float64)
+  return _translate(image, tf.cast(fraction, tf.float64) * height, 0, fill)

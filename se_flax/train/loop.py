@@ -143,6 +143,7 @@ def jit_steps(
           loss=config.loss,
           bce_target_threshold=config.bce_target_threshold,
           mixup=mixup.from_config(config, model.num_classes),
+          mixup_groups=mesh.devices.size,
           ema_decay=config.ema_decay,
           bn_groups=config.model.bn_groups,
           freeze_bn_stats=config.freeze_bn_stats,

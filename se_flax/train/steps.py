@@ -6,6 +6,7 @@ bool (N,) marking real (not padding) examples. Images are normalised on
 the device, so the host ships a quarter of the bytes of float32.
 """
 
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -60,6 +61,32 @@ def training_loss(
 
 _BATCH_NORMS = (nn.BatchNorm, layers.BatchNorm)
 _MIXUP_STREAM = 0x6D6978  # fold_in data for the Mixup key ('mix')
+
+
+def mix_batch(
+    config: mixup_lib.MixupConfig,
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    groups: int = 1,
+):
+  """Mixup/CutMix within each of `groups` equal slices of the batch.
+
+  With one group per device (the data shards), every image is paired
+  inside its own shard, with that shard's own lambda and box, as timm
+  mixes each rank's batch: nothing crosses devices. Each slice is timm's
+  batch Mixup (`mixup_lib.mixup`) with its own key from `key`.
+  Returns (images, soft targets (N, classes) float32).
+  """
+  if groups <= 1:
+    return mixup_lib.mixup(config, key, images, labels)
+  shape = images.shape
+  mixed, targets = jax.vmap(functools.partial(mixup_lib.mixup, config))(
+      jax.random.split(key, groups),
+      images.reshape((groups, -1) + shape[1:]),
+      labels.reshape((groups, -1)),
+  )
+  return mixed.reshape(shape), targets.reshape((shape[0], -1))
 
 
 def _bn_with_running_statistics(next_fun, args, kwargs, context):
@@ -145,6 +172,7 @@ def train_step(
     loss: str = 'softmax',
     bce_target_threshold: Optional[float] = None,
     mixup: Optional[mixup_lib.MixupConfig] = None,
+    mixup_groups: int = 1,
     ema_decay: float = 0.0,
     bn_groups: int = 0,
     freeze_bn_stats: bool = False,
@@ -153,9 +181,10 @@ def train_step(
   """One optimizer step. Returns (new state, metrics of this step).
 
   `mixup`: timm's batch Mixup/CutMix (its `label_smoothing` folded into
-  the soft targets), drawn from the step's key, so (seed, step) still
-  fixes the batch; images are mixed in float32 after normalisation (the
-  mix is affine, so before or after is the same) and then cast to `dtype`.
+  the soft targets) in each of `mixup_groups` slices of the batch (one per
+  device: `mix_batch`), drawn from the step's key, so (seed, step, device
+  count) fixes the batch; images are mixed in float32 after normalisation
+  (the mix is affine, so before or after is the same), then cast to `dtype`.
   `loss`, `bce_target_threshold`: see `training_loss`.
 
   `freeze_bn_stats`: BN normalises with the running statistics and keeps
@@ -176,8 +205,12 @@ def train_step(
   else:
     # A key of its own: dropout and drop path keep drawing from `rng`.
     mix_key = jax.random.fold_in(rng, _MIXUP_STREAM)
-    images, targets = mixup_lib.mixup(
-        mixup, mix_key, normalize_images(batch['image'], jnp.float32), labels
+    images, targets = mix_batch(
+        mixup,
+        mix_key,
+        normalize_images(batch['image'], jnp.float32),
+        labels,
+        mixup_groups,
     )
     images = images.astype(dtype)
 

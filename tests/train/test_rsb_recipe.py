@@ -218,3 +218,59 @@ def test_recipe_values_that_cannot_be_meant_are_refused(overrides, field):
       config[key] = value
   with pytest.raises(ValueError, match=rf'^config\.{field}[:=]'):
     validation.validate_config(config)
+
+
+def test_mix_batch_mixes_within_each_slice_with_its_own_draws():
+  config = mixup.MixupConfig(mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=4)
+  key = jax.random.PRNGKey(3)
+  # Slice g's images are all g: a mix within the slice keeps the value.
+  images = jnp.repeat(jnp.arange(2.0), 4)[:, None, None, None] * jnp.ones(
+      (8, 6, 6, 3)
+  )
+  labels = jnp.array([0, 1, 2, 3, 3, 2, 1, 0], jnp.int32)
+  mixed, targets = steps.mix_batch(config, key, images, labels, groups=2)
+  np.testing.assert_array_equal(mixed, images)
+  keys = jax.random.split(key, 2)
+  for g in range(2):
+    part = slice(4 * g, 4 * g + 4)
+    x, y = mixup.mixup(config, keys[g], images[part], labels[part])
+    np.testing.assert_array_equal(mixed[part], x)
+    np.testing.assert_array_equal(targets[part], y)
+  # One group is the whole batch's Mixup, flipped across the slices.
+  _, whole = steps.mix_batch(config, key, images, labels, groups=1)
+  np.testing.assert_array_equal(
+      whole, mixup.mixup(config, key, images, labels)[1]
+  )
+
+
+def _collectives(config):
+  from se_flax.train import loop, sharding
+
+  mesh = sharding.create_mesh()
+  model = config_lib.build_model(config, 10)
+  schedule = optim.create_schedule(config, steps_per_epoch=10)
+  tx = optim.create_optimizer(config, schedule)
+  train_fn, _ = loop.jit_steps(config, model, tx, schedule, mesh)
+  state = loop.create_state(config, model, tx, 32, mesh)
+  batch = sharding.global_batch(
+      jax.tree_util.tree_map(np.asarray, _batch(0, n=16)),
+      sharding.batch_sharding(mesh),
+  )
+  text = train_fn.lower(state, batch).compile().as_text()
+  names = ('collective-permute', 'all-to-all', 'all-gather', 'all-reduce')
+  # Scalar predicates are the Beta sampler's loop conditions, agreed over
+  # the devices that draw the slices' lambdas: no image data.
+  lines = [line for line in text.splitlines() if '= pred[] ' not in line]
+  return {
+      n: sum(f' {n}(' in line or f' {n}-start(' in line for line in lines)
+      for n in names
+  }
+
+
+def test_mixup_on_eight_devices_moves_no_image_between_them():
+  assert jax.device_count() == 8
+  plain = _config(batch_size=16, loss='bce', bce_target_threshold=0.2)
+  mixed = _config(batch_size=16, loss='bce', bce_target_threshold=0.2)
+  mixed.mixup.mixup_alpha = 0.2
+  mixed.mixup.cutmix_alpha = 1.0
+  assert _collectives(mixed) == _collectives(plain)
