@@ -1,8 +1,9 @@
 """timm's RandAugment policy (`rand_augment_transform`) in TF.
 
-A config string such as 'rand-m7-mstd0.5-inc1' (ResNet strikes back) parses
-to a `Policy` (`rand_augment_config`, no TensorFlow). Per image, `augment` draws from a stateless int [2] seed, as
-timm's `RandAugment` and `AugmentOp` draw from Python's `random`:
+A config string such as 'rand-m7-mstd0.5-inc1' (ResNet strikes back)
+parses to a `Policy` (`rand_augment_config`, no TensorFlow). Per image,
+`augment` draws from a stateless int [2] seed, as timm's `RandAugment`
+and `AugmentOp` draw from Python's `random`:
 
   num_layers ops, chosen uniformly with replacement from the op list;
   each applied with probability `prob` (else skipped);

@@ -134,14 +134,15 @@ def create_optimizer(
 
   'sgd': (Nesterov) momentum with decay added to the gradient before
   momentum, as PyTorch's SGD does. 'lamb': timm's `Lamb` (`lamb.lamb`),
-  ResNet strikes back's optimizer, decay and trust ratio on the leaves
-  `weight_decay_mask` picks. With `backbone_lr_multiplier` != 1 or `freeze_stages` > 0 the parameters
-  form groups (`param_groups`): the head follows `schedule`, the backbone
-  `backbone_lr_multiplier` times it (its SGD update scaled, which is SGD
-  at that learning rate: the update is linear in it), and frozen leaves
-  get zero updates, no decay and no momentum. Without either option the
-  optimizer state has the plain layout (checkpoints of earlier runs
-  restore).
+  ResNet strikes back's optimizer, with decay and trust ratio on the
+  leaves `weight_decay_mask` picks. With `backbone_lr_multiplier` != 1 or
+  `freeze_stages` > 0 the parameters form groups (`param_groups`): the
+  head follows `schedule`, the backbone `backbone_lr_multiplier` times it
+  (its update scaled, which is the optimizer at that learning rate: the
+  update is linear in it; LAMB then clips each group's gradients on their
+  own, where timm clips all together), and frozen leaves get zero updates,
+  no decay and no momentum. Without either option the optimizer state has
+  the plain layout (checkpoints of earlier runs restore).
   """
   decays = lambda p: weight_decay_mask(p, config.weight_decay_se)
   if config.optimizer == 'sgd':
