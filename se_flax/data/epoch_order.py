@@ -10,7 +10,7 @@ import tensorflow as tf
 from se_flax.data import repeats
 from se_flax.data import stream
 
-_MAX_EPOCHS = 1 << 40  # as the sources: "forever"
+MAX_EPOCHS = 1 << 40  # "forever": the sources stream epochs without end
 
 
 def permutation(n: int, seed: tf.Tensor) -> tf.Tensor:
@@ -81,7 +81,7 @@ def folder_order(
     return tf.data.Dataset.from_tensor_slices((positions, order[start:]))
 
   # An epoch holds only its permutation; paths are gathered per batch.
-  return tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
+  return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch)
 
 
 def repeat_within(

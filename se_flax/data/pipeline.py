@@ -86,8 +86,6 @@ from se_flax.data import repeats
 from se_flax.data import stream
 from se_flax.data import tf_setup
 
-_MAX_EPOCHS = 1 << 40
-
 DatasetInfo = stream.DatasetInfo
 TrainIterator = stream.TrainIterator
 EvalIterable = stream.EvalIterable
@@ -242,7 +240,9 @@ def train_dataset(
 
   # Skipped before parsing and decoding: resuming costs only record reads.
   # Lost records have stand-ins, so every epoch has n positions.
-  ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch)
+  ds = tf.data.Dataset.range(first_epoch, epoch_order.MAX_EPOCHS).flat_map(
+      epoch
+  )
   ds = ds.skip(offset)
   parse = records.parse_fn(
       builder, data_config.image_key, data_config.label_key
