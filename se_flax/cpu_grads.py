@@ -8,8 +8,8 @@ except BatchNorm + SE, equal to float rounding: it sums per sample first)
 and its gradient equals JAX's to float rounding (tests/test_cpu_grads.py,
 tests/test_layers.py). `matmul`, `batch_norm_train`, `batch_norm_squeeze`
 and `batch_norm_gated` are `jax.custom_vjp` (reverse mode only:
-`layer_rules('off')` does without them); `max_pool` is a
-`jax.custom_jvp`, so both modes work. Measurements: PERFORMANCE.md, "1x1
+`layer_rules('off')` does without them, and without `max_pool`, a
+`jax.custom_jvp` that works in both modes). Measurements: PERFORMANCE.md, "1x1
 weight gradients", "Max pooling's gradient", "BatchNorm's closed-form
 gradient" and "BatchNorm and SE in one pass".
 """
@@ -17,7 +17,6 @@ gradient" and "BatchNorm and SE in one pass".
 import functools
 from typing import Sequence, Tuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,8 +129,19 @@ def _winner_index(x, y, window: int, stride: int, pads: Pads):
 
 
 def plain_max_pool(x, window, stride, pads):
-  """`nn.max_pool` with explicit pads, JAX's own derivatives."""
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
+  """`nn.max_pool` with explicit pads, JAX's own derivatives (NHWC).
+
+  `lax.reduce_window` itself, the primitive `nn.max_pool` binds: exporters
+  that replace `nn.max_pool` (jax2onnx) take only string paddings.
+  """
+  return lax.reduce_window(
+      x,
+      -jnp.inf,
+      lax.max,
+      (1, window, window, 1),
+      (1, stride, stride, 1),
+      ((0, 0), *pads, (0, 0)),
+  )
 
 
 # A JVP rule rather than a VJP, so forward mode works too: the tangent is a

@@ -2,6 +2,7 @@
 it does not rot. It is committed without outputs."""
 
 import os
+import re
 
 import pytest
 
@@ -44,6 +45,9 @@ def test_tour_notebook_executes(tmp_path, monkeypatch):
   assert 'SE_5_1: mean gate' in text
   predictions = [line for line in text.splitlines() if '%  ' in line]
   assert len(predictions) == 5, text
+  # The NNX section: every running average moved, none left behind.
+  moved = re.search(r'(\d+) of (\d+) BatchNorm statistics moved', text)
+  assert moved and moved[1] == moved[2] != '0', text
   figures = [
       output
       for cell in notebook.cells

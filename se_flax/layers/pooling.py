@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from se_flax import cpu_grads
+from se_flax.layers import rules
 
 
 def _max_pool(x, window, stride, pads):
-  # The CPU rule is forward-mode safe (a JVP), so it needs no `impl`.
-  if jax.default_backend() == 'cpu':
+  if rules.use_cpu_rules():
     return cpu_grads.max_pool(x, window, stride, pads)
   return cpu_grads.plain_max_pool(x, window, stride, pads)
 

@@ -8,8 +8,8 @@ them: the layers read this switch when they are traced.
 
 - 'auto' (default): the rules on the CPU backend, plain layers elsewhere.
 - 'off': plain layers everywhere (`nn.BatchNorm`, `lax.dot_general` /
-  `conv_general_dilated`), e.g. for forward-mode autodiff on CPU (the
-  rules are reverse-mode only; max pooling's rule is a JVP and stays).
+  `conv_general_dilated`, `lax.reduce_window`), e.g. for forward-mode
+  autodiff on CPU (the rules are reverse-mode only) or for export.
 
 This is the codebase's one piece of process state, set in one place:
 `train_and_evaluate` sets it from `config.layer_rules` for its run;
