@@ -21,6 +21,7 @@ in TFLite or TF.js.
 """
 
 import functools
+import logging
 import os
 from typing import Callable
 
@@ -76,11 +77,19 @@ def save(
       input_signature=[signature],
       autograph=False,
   )
-  tf.saved_model.save(
-      module,
-      path,
-      signatures={SIGNATURE: module.serve.get_concrete_function()},
-  )
+  # TF's save marks absl's flags parsed, which sets the process's 'absl'
+  # logger to WARNING (its --verbosity default): put the level back, so a
+  # training run or notebook keeps its INFO logs after an export.
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  try:
+    tf.saved_model.save(
+        module,
+        path,
+        signatures={SIGNATURE: module.serve.get_concrete_function()},
+    )
+  finally:
+    absl_logger.setLevel(level)
 
 
 def load(path: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -2,6 +2,7 @@
 (32 px, 10 classes, seeded random timm weights with non-default mean/std),
 the command in a subprocess without TensorFlow, and refusals."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -115,6 +116,8 @@ def test_stablehlo_preprocess_and_probabilities_equal_se_flax_predict(
 
 def test_savedmodel_round_trips_with_its_signature(tiny, tmp_path):
   tf = pytest.importorskip('tensorflow')
+  absl_logger = logging.getLogger('absl')
+  absl_logger.setLevel(logging.INFO)  # As a run with --verbosity=0 has it.
   # Dynamic batch, uint8 in, probabilities out; the check called the
   # reload at batch 2 and 1 (each a TF compile, so no more calls here).
   dynamic = export_lib.export_checked(
@@ -131,6 +134,9 @@ def test_savedmodel_round_trips_with_its_signature(tiny, tmp_path):
   assert spec.name == 'images' and spec.dtype == tf.uint8
   assert spec.shape.as_list() == [None, SIZE, SIZE, 3]
   assert list(signature.structured_outputs) == ['probabilities']
+  # TF's save sets absl's logger to WARNING; the export puts it back.
+  assert absl_logger.level == logging.INFO
+  absl_logger.setLevel(logging.NOTSET)
   fixed = export_lib.export(
       tiny, 'savedmodel', tmp_path / 'fixed', batch=2, check=False
   )
